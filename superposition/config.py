@@ -1,0 +1,169 @@
+"""The configuration schema: dataclasses registered in Hydra's ConfigStore.
+
+Types and key names are checked by OmegaConf when Hydra composes the YAML files against this
+schema; ranges and cross-key rules are checked by `validate`, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+
+
+class Task(str, Enum):
+    identity = "identity"
+    abs = "abs"
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+
+
+class LRSchedule(str, Enum):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class ModelConfig:
+    n_features: int = 5
+    d_hidden: int = 2
+    # identity only: ReLU on the hidden layer, out = ReLU(Wᵀ ReLU(W x) + b) (privileged basis).
+    hidden_relu: bool = False
+
+
+@dataclass
+class ImportanceConfig:
+    # importance of feature i is decay**i
+    decay: float = 0.9
+
+
+@dataclass
+class SweepConfig:
+    # feature probabilities p = 1 - S, one grid point each, in this order
+    feature_probability: list[float] = field(
+        default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
+    )
+
+
+@dataclass
+class TrainConfig:
+    restarts: int = 8
+    steps: int = 5000
+    batch_size: int = 1024
+    lr: float = 1e-3
+    lr_schedule: LRSchedule = LRSchedule.constant
+    optimizer: Optimizer = Optimizer.adam
+    weight_decay: float = 0.0
+    # record the loss of every instance every this many steps (no host sync in between)
+    log_every: int = 50
+    # instances trained at once; 0 = as many as the memory budget allows
+    chunk_size: int = 0
+    # memory for one chunk of instances, in MiB; 0 = most of what the device has free
+    memory_budget_mb: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    # rows of the held-out batch; see README ("How the best restart is chosen")
+    batch_size: int = 131072
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.offline
+    project: str = "superposition"
+    entity: str | None = None
+    group: str | None = None
+    log_every: int = 100
+
+
+@dataclass
+class Config:
+    task: Task = Task.identity
+    model: ModelConfig = field(default_factory=ModelConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    device: Device = Device.auto
+
+
+def register_configs() -> None:
+    """Make the schema the base of conf/config.yaml (its defaults list names `base_config`)."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+class ConfigError(ValueError):
+    """A value a user set is out of range; the message names the key and what is allowed."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Check ranges and cross-key rules; raise ConfigError with a one-line message on the first."""
+    _require(
+        cfg.model.n_features >= 1, f"model.n_features must be >= 1, got {cfg.model.n_features}"
+    )
+    _require(cfg.model.d_hidden >= 1, f"model.d_hidden must be >= 1, got {cfg.model.d_hidden}")
+    _require(
+        not (cfg.model.hidden_relu and cfg.task == Task.abs),
+        "model.hidden_relu=true is allowed only with task=identity (abs always has a hidden ReLU)",
+    )
+    decay = cfg.importance.decay
+    _require(
+        math.isfinite(decay) and decay > 0,
+        f"importance.decay must be a finite number > 0, got {decay}",
+    )
+    grid = cfg.sweep.feature_probability
+    _require(
+        len(grid) > 0, "sweep.feature_probability must list at least one probability in (0, 1]"
+    )
+    for p in grid:
+        _require(
+            math.isfinite(p) and 0 < p <= 1,
+            f"sweep.feature_probability must hold values in (0, 1], got {p}",
+        )
+    for key in ("restarts", "steps", "batch_size", "log_every"):
+        value = getattr(cfg.train, key)
+        _require(value >= 1, f"train.{key} must be >= 1, got {value}")
+    _require(
+        math.isfinite(cfg.train.lr) and cfg.train.lr > 0,
+        f"train.lr must be a finite number > 0, got {cfg.train.lr}",
+    )
+    _require(
+        cfg.train.weight_decay >= 0,
+        f"train.weight_decay must be >= 0, got {cfg.train.weight_decay}",
+    )
+    _require(
+        cfg.train.chunk_size >= 0,
+        f"train.chunk_size must be >= 0 (0 = automatic), got {cfg.train.chunk_size}",
+    )
+    _require(
+        cfg.train.memory_budget_mb >= 0,
+        f"train.memory_budget_mb must be >= 0 (0 = automatic), got {cfg.train.memory_budget_mb}",
+    )
+    _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
+    _require(cfg.wandb.log_every >= 1, f"wandb.log_every must be >= 1, got {cfg.wandb.log_every}")

@@ -1,0 +1,64 @@
+"""Where a job runs and how many instances fit in memory at once."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from superposition.config import ConfigError, Device
+from superposition.model import ModelSpec
+
+BYTES_PER_FLOAT = 4
+# Live float tensors of batch size per instance during one training step (features, uniforms,
+# output, target, residual, their gradients), counted generously.
+ACTIVATIONS_PER_FEATURE = 12
+ACTIVATIONS_PER_HIDDEN = 4
+# parameter, gradient, two Adam moments, the update
+COPIES_PER_PARAMETER = 6
+FREE_MEMORY_SHARE = 0.5
+
+
+def resolve_device(choice: Device) -> torch.device:
+    if choice == Device.cuda:
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA GPU is visible to torch; allowed: auto, cpu")
+        return torch.device("cuda")
+    if choice == Device.auto and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def bytes_per_instance(spec: ModelSpec, batch_rows: int) -> int:
+    """Peak memory one instance adds to a training step (an upper estimate)."""
+    n_params = sum(torch.Size(shape).numel() for shape in spec.param_shapes().values())
+    activations = batch_rows * (
+        ACTIVATIONS_PER_FEATURE * spec.n_features + ACTIVATIONS_PER_HIDDEN * spec.d_hidden
+    )
+    return BYTES_PER_FLOAT * (activations + COPIES_PER_PARAMETER * n_params)
+
+
+def plan_chunk_size(
+    spec: ModelSpec,
+    n_instances: int,
+    batch_rows: int,
+    device: torch.device,
+    chunk_size: int = 0,
+    memory_budget_mb: float = 0.0,
+) -> int:
+    """Instances trained at once: chunk_size if set, else what the budget (or free memory) holds."""
+    if chunk_size > 0:
+        return min(chunk_size, n_instances)
+    if memory_budget_mb > 0:
+        budget = int(memory_budget_mb * 2**20)
+    else:
+        budget = int(FREE_MEMORY_SHARE * free_memory_bytes(device))
+    fits = budget // bytes_per_instance(spec, batch_rows)
+    return max(1, min(n_instances, fits))

@@ -1,0 +1,77 @@
+"""Counter-based random numbers: a uniform is a hash of (seed, stream, instance, step, position).
+
+Every instance draws from its own stream, so its data and initial weights do not depend on how
+many other instances are trained beside it (chunking), on the device, or on where a run resumed.
+The hash is Wellons' `lowbias32` on int32 tensors; multiplication wraps modulo 2**32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B
+_MASK32 = 0xFFFFFFFF
+
+
+def _signed32(value: int) -> int:
+    value &= _MASK32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def hash32_int(x: int) -> int:
+    """`hash32` on one Python int, for keys computed on the host (no device sync)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * _M1) & _MASK32
+    x ^= x >> 15
+    x = (x * _M2) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+def hash32(x: Tensor) -> Tensor:
+    """lowbias32 on an int32 tensor (bits read as unsigned); a bijection of 32-bit words."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _signed32(_M1)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _signed32(_M2)
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def combine(*parts: int) -> int:
+    """One 32-bit key from several ints (seed, stream id, step, ...)."""
+    key = 0x9E3779B9
+    for part in parts:
+        key = hash32_int(key ^ hash32_int(part & _MASK32) ^ (part >> 32))
+    return key
+
+
+def instance_keys(seed: int, stream: int, instances: Tensor) -> Tensor:
+    """Int32 key per instance (global instance indices), for one seed and one named stream."""
+    base = _signed32(combine(seed, stream))
+    return hash32(hash32(instances.to(torch.int32)) ^ base)
+
+
+def to_unit_interval(bits: Tensor) -> Tensor:
+    """24 random bits to a float32 in the open interval (0, 1)."""
+    return ((bits & 0xFFFFFF).to(torch.float32) + 0.5) * (2.0**-24)
+
+
+class UniformStream:
+    """Uniforms of shape (instance, rows, cols) for a chunk of instances, one block per step.
+
+    The position counter of an entry is row * cols + col, hashed once and kept; a block of step t
+    xors it with the per-instance key of step t and hashes again.
+    """
+
+    def __init__(self, keys: Tensor, rows: int, cols: int, row_offset: int = 0):
+        positions = torch.arange(rows * cols, device=keys.device, dtype=torch.int64)
+        positions = positions + row_offset * cols
+        self.hashed_positions = hash32(positions.to(torch.int32)).view(1, rows, cols)
+        self.keys = keys.view(-1, 1, 1)
+
+    def block(self, step: int) -> Tensor:
+        step_key = _signed32(hash32_int(step * 2 + 1))
+        return to_unit_interval(hash32(self.hashed_positions ^ (hash32(self.keys ^ step_key))))

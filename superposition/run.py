@@ -1,0 +1,73 @@
+"""Hydra entry point: `python -m superposition.run task=abs sweep=sparsity`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from superposition.config import Config, ConfigError, register_configs, validate
+from superposition.job import run_job
+
+register_configs()
+
+USER_ERRORS = (
+    ConfigError,
+    ConfigCompositionException,
+    OverrideParseException,
+    OmegaConfBaseException,
+)
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed DictConfig as the validated dataclass tree."""
+    config = OmegaConf.to_object(cfg)
+    validate(config)
+    return config
+
+
+def describe_user_error(err: BaseException) -> str:
+    """One line that names the offending key and what it allows."""
+    if isinstance(err, MissingConfigException) and err.options:
+        group, _, choice = (err.missing_cfg_file or "").rpartition("/")
+        return f"{group}={choice} is not a known choice; allowed: {', '.join(sorted(err.options))}"
+    cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        message = cause.msg.splitlines()[0] if cause.msg else type(cause).__name__
+        return f"{cause.full_key}: {message}"
+    return " ".join(str(err).split())
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> None:
+    config = to_config(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    results = run_job(config, out_dir)
+    best = ", ".join(
+        f"p={level['feature_probability']:g}: {level['eval_loss']:.4g}"
+        if level["eval_loss"] is not None
+        else f"p={level['feature_probability']:g}: none finite"
+        for level in results["levels"]
+    )
+    print(f"best eval loss per level: {best}")
+    print(f"results written to {out_dir}")
+
+
+def main() -> None:
+    # Hydra re-raises instead of printing its own multi-line report, so user errors become one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except USER_ERRORS as err:
+        print(f"error: {describe_user_error(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
