@@ -7,20 +7,23 @@ given that, u / p is uniform in (0, 1). This is exactly the distribution of the 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from superposition import rng
 from superposition.config import Task
-from superposition.shapes import Float, Int
 
 TRAIN_STREAM = 1
 EVAL_STREAM = 2
 
 
 def features_from_uniform(
-    u: Float[Tensor, "instance batch feature"], probability: Float[Tensor, instance], task: Task
-) -> Float[Tensor, "instance batch feature"]:
+    u: Annotated[Tensor, "instance batch feature"],
+    probability: Annotated[Tensor, "instance"],
+    task: Task,
+) -> Annotated[Tensor, "instance batch feature"]:
     p = probability.view(-1, 1, 1)
     magnitude = u / p
     if task == Task.abs:
@@ -35,8 +38,8 @@ class BatchSampler:
         self,
         task: Task,
         seed: int,
-        instances: Int[Tensor, instance],
-        probability: Float[Tensor, instance],
+        instances: Annotated[Tensor, "instance"],
+        probability: Annotated[Tensor, "instance"],
         batch_size: int,
         n_features: int,
         stream: int = TRAIN_STREAM,
@@ -47,5 +50,5 @@ class BatchSampler:
         self.probability = probability
         self.task = task
 
-    def __call__(self, step: int) -> Float[Tensor, "instance batch feature"]:
+    def __call__(self, step: int) -> Annotated[Tensor, "instance batch feature"]:
         return features_from_uniform(self.uniforms.block(step), self.probability, self.task)

@@ -6,13 +6,14 @@ comparing restarts is a paired comparison: the noise of the batch cancels in the
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from superposition.data import EVAL_STREAM, BatchSampler
 from superposition.grid import InstanceGrid
 from superposition.model import ModelSpec, forward, loss_per_instance, target_of
-from superposition.shapes import Float
 
 # rows × instances × features evaluated at once
 EVAL_ELEMENTS_PER_PASS = 2**24
@@ -26,7 +27,7 @@ def evaluate_grid(
     seed: int,
     rows: int,
     device: torch.device,
-) -> Float[Tensor, instance]:
+) -> Annotated[Tensor, "instance"]:
     """Mean held-out loss of every instance, computed in passes of bounded size."""
     n = grid.n_instances
     params = {k: v.to(device) for k, v in params.items()}

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
-
-from superposition.shapes import Float, Int
 
 
 @dataclass(frozen=True)
 class InstanceGrid:
     """Float64 on the host, so results.json repeats the configured values exactly."""
 
-    feature_probability: Float[Tensor, level]
-    importance: Float[Tensor, "level feature"]
+    feature_probability: Annotated[Tensor, "level"]
+    importance: Annotated[Tensor, "level feature"]
     restarts: int
 
     @property
@@ -26,17 +25,17 @@ class InstanceGrid:
     def n_instances(self) -> int:
         return self.n_levels * self.restarts
 
-    def level_of(self, instances: Int[Tensor, instance]) -> Int[Tensor, instance]:
+    def level_of(self, instances: Annotated[Tensor, "instance"]) -> Annotated[Tensor, "instance"]:
         return instances // self.restarts
 
-    def instance_probability(self) -> Float[Tensor, instance]:
+    def instance_probability(self) -> Annotated[Tensor, "instance"]:
         return self.feature_probability.float().repeat_interleave(self.restarts)
 
-    def instance_importance(self) -> Float[Tensor, "instance feature"]:
+    def instance_importance(self) -> Annotated[Tensor, "instance feature"]:
         return self.importance.float().repeat_interleave(self.restarts, dim=0)
 
 
-def decaying_importance(n_features: int, decay: float) -> Float[Tensor, feature]:
+def decaying_importance(n_features: int, decay: float) -> Annotated[Tensor, "feature"]:
     return decay ** torch.arange(n_features, dtype=torch.float64)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from einops import einsum
@@ -15,7 +16,6 @@ from torch import Tensor
 
 from superposition import rng
 from superposition.config import Task
-from superposition.shapes import Float, Int
 
 INIT_STREAM = 3
 
@@ -36,13 +36,15 @@ class ModelSpec:
 
 
 def _init_uniform(
-    seed: int, name_index: int, instances: Int[Tensor, instance], rows: int, cols: int
-) -> Float[Tensor, "instance rows cols"]:
+    seed: int, name_index: int, instances: Annotated[Tensor, "instance"], rows: int, cols: int
+) -> Annotated[Tensor, "instance rows cols"]:
     keys = rng.instance_keys(seed, INIT_STREAM * 1000 + name_index, instances)
     return rng.UniformStream(keys, rows, cols).block(0)
 
 
-def init_params(spec: ModelSpec, seed: int, instances: Int[Tensor, instance]) -> dict[str, Tensor]:
+def init_params(
+    spec: ModelSpec, seed: int, instances: Annotated[Tensor, "instance"]
+) -> dict[str, Tensor]:
     """Initial parameters of the given (global) instances, as the course initialises them.
 
     identity: W Xavier-normal, std sqrt(2 / (d_hidden + n_features)).
@@ -66,8 +68,8 @@ def init_params(spec: ModelSpec, seed: int, instances: Int[Tensor, instance]) ->
 
 
 def forward(
-    spec: ModelSpec, params: dict[str, Tensor], x: Float[Tensor, "instance batch feature"]
-) -> Float[Tensor, "instance batch feature"]:
+    spec: ModelSpec, params: dict[str, Tensor], x: Annotated[Tensor, "instance batch feature"]
+) -> Annotated[Tensor, "instance batch feature"]:
     b_final = params["b_final"].unsqueeze(1)
     if spec.task == Task.identity:
         W = params["W"]
@@ -83,14 +85,14 @@ def forward(
     return torch.relu(out + b_final)
 
 
-def target_of(spec: ModelSpec, x: Float[Tensor, "instance batch feature"]) -> Tensor:
+def target_of(spec: ModelSpec, x: Annotated[Tensor, "instance batch feature"]) -> Tensor:
     return x.abs() if spec.task == Task.abs else x
 
 
 def loss_per_instance(
-    out: Float[Tensor, "instance batch feature"],
-    target: Float[Tensor, "instance batch feature"],
-    importance: Float[Tensor, "instance feature"],
-) -> Float[Tensor, instance]:
+    out: Annotated[Tensor, "instance batch feature"],
+    target: Annotated[Tensor, "instance batch feature"],
+    importance: Annotated[Tensor, "instance feature"],
+) -> Annotated[Tensor, "instance"]:
     """Mean over batch and features of importance_i * (target_i - out_i)**2."""
     return (importance.unsqueeze(1) * (target - out).pow(2)).mean(dim=(1, 2))

@@ -7,12 +7,12 @@ Element-wise like torch.optim.Adam(W), so instances never influence each other. 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
 from superposition.config import LRSchedule, Optimizer
-from superposition.shapes import Bool
 
 
 def learning_rate(base_lr: float, schedule: LRSchedule, step: int, steps: int) -> float:
@@ -44,12 +44,12 @@ class InstanceAdam:
         self.t = 0
 
     @torch.no_grad()
-    def step(self, lr: float, alive: Bool[Tensor, instance]) -> None:
+    def step(self, lr: float, alive: Annotated[Tensor, "instance"]) -> None:
         self.t += 1
         beta1, beta2 = self.betas
         bias1 = 1 - beta1**self.t
         bias2_sqrt = math.sqrt(1 - beta2**self.t)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
             grad = p.grad
             if self.kind == Optimizer.adam and self.weight_decay:
                 grad = grad + self.weight_decay * p

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
-
-from superposition.shapes import Bool, Float
 
 
 @dataclass
 class Selection:
     best_restart: list[int | None]  # per level; None when no restart stayed finite
     best_loss: list[float | None]
-    eval_loss: Float[Tensor, "level restart"]  # +inf where an instance was frozen
+    eval_loss: Annotated[Tensor, "level restart"]  # +inf where an instance was frozen
     excluded: list[tuple[int, int]]  # (level, restart) of frozen or non-finite instances
 
 
 def select_best(
-    eval_loss: Float[Tensor, instance], finite: Bool[Tensor, instance], restarts: int
+    eval_loss: Annotated[Tensor, "instance"], finite: Annotated[Tensor, "instance"], restarts: int
 ) -> Selection:
     usable = finite & torch.isfinite(eval_loss)
     masked = torch.where(usable, eval_loss, torch.inf).view(-1, restarts)
@@ -27,8 +26,8 @@ def select_best(
     ok = torch.isfinite(best_loss)
     excluded = [divmod(int(i), restarts) for i in torch.nonzero(~usable).flatten()]
     return Selection(
-        best_restart=[int(b) if good else None for b, good in zip(best, ok)],
-        best_loss=[float(v) if good else None for v, good in zip(best_loss, ok)],
+        best_restart=[int(b) if good else None for b, good in zip(best, ok, strict=True)],
+        best_loss=[float(v) if good else None for v, good in zip(best_loss, ok, strict=True)],
         eval_loss=masked,
         excluded=excluded,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -15,15 +16,19 @@ from superposition.device import plan_chunk_size
 from superposition.grid import InstanceGrid
 from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
 from superposition.optim import InstanceAdam, learning_rate
-from superposition.shapes import Bool, Float, Int
 
 
 @dataclass
 class TrainResult:
-    params: dict[str, Tensor]  # (instance, ...) on the CPU
+    """Trained parameters (instance axis first, on the CPU) and the training-loss record.
+
+    finite is False where an instance's loss turned non-finite and the instance froze.
+    """
+
+    params: dict[str, Tensor]
     history_steps: list[int]
-    loss_history: Float[Tensor, "log instance"]  # training loss of every instance at those steps
-    finite: Bool[Tensor, instance]  # False where the loss turned non-finite and the instance froze
+    loss_history: Annotated[Tensor, "log instance"]
+    finite: Annotated[Tensor, "instance"]
     seconds: float
     chunk_size: int
 
@@ -52,7 +57,7 @@ class _LossReadout:
         self.pending = False
         self.shown: float | None = None
 
-    def push(self, loss: Float[Tensor, instance]) -> float | None:
+    def push(self, loss: Annotated[Tensor, "instance"]) -> float | None:
         mean = loss.detach().nan_to_num(nan=0.0, posinf=0.0).mean()
         if not self.cuda:
             self.shown = mean.item()
@@ -71,11 +76,11 @@ def train_chunk(
     spec: ModelSpec,
     cfg: TrainConfig,
     seed: int,
-    instances: Int[Tensor, instance],
-    probability: Float[Tensor, instance],
-    importance: Float[Tensor, "instance feature"],
+    instances: Annotated[Tensor, "instance"],
+    probability: Annotated[Tensor, "instance"],
+    importance: Annotated[Tensor, "instance feature"],
     progress: tqdm | None = None,
-) -> tuple[dict[str, Tensor], Float[Tensor, "log instance"], Bool[Tensor, instance]]:
+) -> tuple[dict[str, Tensor], Annotated[Tensor, "log instance"], Annotated[Tensor, "instance"]]:
     """Train the given global instances from their initial weights for cfg.steps steps."""
     device = instances.device
     params = init_params(spec, seed, instances)
