@@ -7,15 +7,19 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from superposition.config import Config, ConfigError, register_configs, validate
+from superposition.device import resolve_device
 from superposition.job import run_job
 
 register_configs()
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 USER_ERRORS = (
     ConfigError,
@@ -29,7 +33,17 @@ def to_config(cfg: DictConfig) -> Config:
     """The composed DictConfig as the validated dataclass tree."""
     config = OmegaConf.to_object(cfg)
     validate(config)
+    resolve_device(config.device)
     return config
+
+
+def validate_single_run(args: list[str]) -> None:
+    """Compose and check a plain run's config before Hydra creates its output directory, so
+    bad input leaves nothing behind. Multirun and Hydra's own flags are left to Hydra."""
+    if any(arg.startswith("-") for arg in args):
+        return
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        to_config(compose("config", overrides=args))
 
 
 def describe_user_error(err: BaseException) -> str:
@@ -63,6 +77,7 @@ def main() -> None:
     # Hydra re-raises instead of printing its own multi-line report, so user errors become one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        validate_single_run(sys.argv[1:])
         hydra_main()
     except USER_ERRORS as err:
         print(f"error: {describe_user_error(err)}", file=sys.stderr)
