@@ -138,9 +138,7 @@ def validate(cfg: Config) -> None:
         f"importance.decay must be a finite number > 0, got {decay}",
     )
     grid = cfg.sweep.feature_probability
-    _require(
-        len(grid) > 0, "sweep.feature_probability must list at least one probability in (0, 1]"
-    )
+    _require(len(grid) > 0, "sweep.feature_probability is empty; list probabilities in (0, 1]")
     for p in grid:
         _require(
             math.isfinite(p) and 0 < p <= 1,

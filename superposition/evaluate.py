@@ -15,8 +15,10 @@ from superposition.data import EVAL_STREAM, BatchSampler
 from superposition.grid import InstanceGrid
 from superposition.model import ModelSpec, forward, loss_per_instance, target_of
 
-# rows × instances × features evaluated at once
+# rows × instances × features evaluated at once; instances are split so that a pass has at least
+# MIN_ROWS_PER_PASS rows
 EVAL_ELEMENTS_PER_PASS = 2**24
+MIN_ROWS_PER_PASS = 1024
 
 
 @torch.no_grad()
@@ -30,13 +32,40 @@ def evaluate_grid(
 ) -> Annotated[Tensor, "instance"]:
     """Mean held-out loss of every instance, computed in passes of bounded size."""
     n = grid.n_instances
-    params = {k: v.to(device) for k, v in params.items()}
-    instances = torch.arange(n, device=device)
-    levels = grid.level_of(instances)
-    probability = grid.instance_probability().to(device)
-    importance = grid.instance_importance().to(device)
+    instances_per_pass = max(
+        1, min(n, EVAL_ELEMENTS_PER_PASS // (MIN_ROWS_PER_PASS * spec.n_features))
+    )
+    probability = grid.instance_probability()
+    importance = grid.instance_importance()
+    losses = []
+    for start in range(0, n, instances_per_pass):
+        chunk = slice(start, min(start + instances_per_pass, n))
+        losses.append(
+            _evaluate_chunk(
+                spec,
+                {k: v[chunk].to(device) for k, v in params.items()},
+                grid.level_of(torch.arange(n)[chunk]).to(device),
+                probability[chunk].to(device),
+                importance[chunk].to(device),
+                seed,
+                rows,
+            )
+        )
+    return torch.cat(losses)
+
+
+def _evaluate_chunk(
+    spec: ModelSpec,
+    params: dict[str, Tensor],
+    levels: Annotated[Tensor, "instance"],
+    probability: Annotated[Tensor, "instance"],
+    importance: Annotated[Tensor, "instance feature"],
+    seed: int,
+    rows: int,
+) -> Annotated[Tensor, "instance"]:
+    n = levels.shape[0]
     rows_per_pass = max(1, EVAL_ELEMENTS_PER_PASS // (n * spec.n_features))
-    total = torch.zeros(n, dtype=torch.float64, device=device)
+    total = torch.zeros(n, dtype=torch.float64, device=levels.device)
     for row_start in range(0, rows, rows_per_pass):
         n_rows = min(rows_per_pass, rows - row_start)
         sampler = BatchSampler(

@@ -1,7 +1,8 @@
-"""One job of the data flow: grid → train → evaluate → select → write. Knows no Hydra."""
+"""One job of the data flow: grid → train → evaluate → select → write → track. Knows no Hydra."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -10,9 +11,12 @@ from superposition.config import Config
 from superposition.device import resolve_device
 from superposition.evaluate import evaluate_grid
 from superposition.grid import InstanceGrid, sparsity_grid
+from superposition.metrics import level_metrics
 from superposition.model import ModelSpec
-from superposition.outputs import HISTORY, RESULTS, WEIGHTS, write_json, write_tensors
+from superposition.outputs import HISTORY, RESULTS, WEIGHTS, json_safe, write_json, write_tensors
+from superposition.plots import PLOTS_DIR, RunData, draw_run
 from superposition.select import Selection, gather_best, select_best
+from superposition.track import Tracker
 from superposition.train import TrainResult, train_grid
 
 
@@ -39,6 +43,7 @@ def results_summary(
     grid: InstanceGrid,
     trained: TrainResult,
     selection: Selection,
+    metrics: list[dict],
     device: torch.device,
 ) -> dict:
     levels = []
@@ -52,6 +57,7 @@ def results_summary(
                 "eval_loss": selection.best_loss[level],
                 "restart_eval_losses": selection.eval_loss[level].tolist(),
                 "excluded_restarts": frozen,
+                "metrics": metrics[level],
             }
         )
     return {
@@ -73,28 +79,59 @@ def results_summary(
     }
 
 
-def run_job(config: Config, out_dir: Path) -> dict:
-    """Train, select and write the outputs of one job; return what results.json holds."""
+def run_job(
+    config: Config,
+    out_dir: Path,
+    *,
+    run_name: str,
+    group: str | None = None,
+    tracked_config: dict | None = None,
+) -> dict:
+    """Train, select, write and track one job; return what results.json holds.
+
+    tracked_config is what W&B records as the run's config (the resolved Hydra config).
+    """
+    out_dir = Path(out_dir)
     device = resolve_device(config.device)
     spec = model_spec(config)
     grid = build_grid(config)
-    trained = train_grid(spec, grid, config.train, config.seed, device)
-    eval_loss = evaluate_grid(
-        spec, trained.params, grid, config.seed, config.eval.batch_size, device
+    tracker = Tracker.start(
+        config=tracked_config if tracked_config is not None else asdict(config),
+        out_dir=out_dir,
+        mode=config.wandb.mode.value,
+        project=config.wandb.project,
+        entity=config.wandb.entity,
+        group=config.wandb.group or group,
+        name=run_name,
+        job_type=config.task.value,
     )
-    selection = select_best(eval_loss, trained.finite, grid.restarts)
-    for level, restart in selection.excluded:
-        print(
-            f"warning: level {level} (p={float(grid.feature_probability[level]):g}) restart "
-            f"{restart}: loss turned non-finite; frozen and excluded from selection"
+    with tracker:
+        trained = train_grid(spec, grid, config.train, config.seed, device)
+        eval_loss = evaluate_grid(
+            spec, trained.params, grid, config.seed, config.eval.batch_size, device
         )
-    out_dir = Path(out_dir)
-    write_tensors(out_dir / WEIGHTS, gather_best(trained.params, selection, grid.restarts))
-    history = trained.loss_history.view(len(trained.history_steps), grid.n_levels, grid.restarts)
-    write_tensors(
-        out_dir / HISTORY,
-        {"steps": torch.tensor(trained.history_steps), "loss": history},
-    )
-    results = results_summary(config, grid, trained, selection, device)
-    write_json(out_dir / RESULTS, results)
+        selection = select_best(eval_loss, trained.finite, grid.restarts)
+        for level, restart in selection.excluded:
+            print(
+                f"warning: level {level} (p={float(grid.feature_probability[level]):g}) restart "
+                f"{restart}: loss turned non-finite; frozen and excluded from selection"
+            )
+        best = gather_best(trained.params, selection, grid.restarts)
+        history = trained.loss_history.view(-1, grid.n_levels, grid.restarts)
+        metrics = level_metrics(config.task.value, best, config.model.hidden_relu)
+        results = results_summary(config, grid, trained, selection, metrics, device)
+
+        history_tensors = {"steps": torch.tensor(trained.history_steps), "loss": history}
+        write_tensors(out_dir / WEIGHTS, best)
+        write_tensors(out_dir / HISTORY, history_tensors)
+        draw_run(RunData(json_safe(results), best, history_tensors), out_dir / PLOTS_DIR)
+        write_json(out_dir / RESULTS, results)
+
+        tracker.log_history(
+            trained.history_steps,
+            history,
+            grid.feature_probability.tolist(),
+            config.wandb.log_every,
+        )
+        tracker.log_results(results, out_dir)
     return results

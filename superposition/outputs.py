@@ -1,6 +1,7 @@
 """What a job leaves in its output directory, each file written atomically.
 
-results.json is written last: a directory that has it holds a finished run.
+results.json is written last of the local files (W&B follows): a directory that has it holds a
+finished run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ WEIGHTS = "weights.safetensors"
 HISTORY = "history.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary path) beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +34,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

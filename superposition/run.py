@@ -10,6 +10,7 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -61,8 +62,20 @@ def describe_user_error(err: BaseException) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
     config = to_config(cfg)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = run_job(config, out_dir)
+    hydra_config = HydraConfig.get()
+    out_dir = Path(hydra_config.runtime.output_dir)
+    name = f"{config.task.value}_{config.model.n_features}to{config.model.d_hidden}"
+    group = None
+    if hydra_config.mode == RunMode.MULTIRUN:
+        name = f"{hydra_config.job.num}_{name}"
+        group = "_".join(Path(hydra_config.sweep.dir).parts[-2:])
+    results = run_job(
+        config,
+        out_dir,
+        run_name=name,
+        group=group,
+        tracked_config=OmegaConf.to_container(cfg, resolve=True),
+    )
     best = ", ".join(
         f"p={level['feature_probability']:g}: {level['eval_loss']:.4g}"
         if level["eval_loss"] is not None

@@ -1,0 +1,139 @@
+"""Numbers read off the learned weights, the ones the paper and the course plot.
+
+W is (hidden, feature): column i is feature i's direction in the hidden space (W for identity, W1
+for abs), row h is neuron h's exposure to every feature. Every function accepts leading batch
+axes (e.g. the level axis of weights.safetensors) and computes in float64.
+
+- dimensionality of feature i (paper, "Feature Dimensionality"):
+  D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)², in [0, 1]; a feature with W_i = 0 gets D_i = 0.
+- dimensions per feature: d_hidden / ‖W‖_F², the paper's curve against 1 / p.
+- interference of feature i: sqrt(Σ_{j≠i} (Ŵ_i·W_j)²), how much other features overlap it
+  (the course's colour for "superposition"); 0 for a feature with W_i = 0.
+- a feature is represented when ‖W_i‖ > REPRESENTED_NORM.
+- a neuron (row h) is dead when ‖W_h‖ <= DEAD_NEURON_NORM: it carries no feature and is counted
+  in neither the numerator nor the denominator of the monosemantic fraction. A live neuron is
+  monosemantic when its largest |exposure| is at least MONOSEMANTIC_SHARE of its L2 norm, i.e.
+  all other exposures together have norm at most sqrt(1 - 0.99²) ≈ 0.14 of it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from torch import Tensor
+
+REPRESENTED_NORM = 0.5
+MONOSEMANTIC_SHARE = 0.99
+DEAD_NEURON_NORM = 1e-3
+
+
+def feature_matrix(task: str, weights: dict[str, Tensor]) -> Tensor:
+    """The (..., hidden, feature) matrix whose columns are the features: W, or W1 for abs."""
+    return weights["W1"] if task == "abs" else weights["W"]
+
+
+def feature_norms(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... feature"]:
+    return W.double().norm(dim=-2)
+
+
+def overlaps(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... feature other"]:
+    """Ŵ_i·W_j for every pair (i, j); row i is zero where W_i = 0."""
+    W = W.double()
+    norms = W.norm(dim=-2, keepdim=True)
+    unit = torch.where(norms > 0, W / norms.clamp_min(torch.finfo(W.dtype).tiny), 0.0)
+    return unit.transpose(-1, -2) @ W
+
+
+def dimensionality(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... feature"]:
+    """D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)²; 0 where W_i = 0."""
+    squared_norm = feature_norms(W).pow(2)
+    total = overlaps(W).pow(2).sum(dim=-1)
+    return torch.where(total > 0, squared_norm / total.clamp_min(torch.finfo(total.dtype).tiny), 0)
+
+
+def dimensions_per_feature(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "..."]:
+    """d_hidden / ‖W‖_F² (inf where W = 0)."""
+    W = W.double()
+    return W.shape[-2] / W.pow(2).sum(dim=(-2, -1))
+
+
+def interference(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... feature"]:
+    """sqrt(Σ_{j≠i} (Ŵ_i·W_j)²)."""
+    o = overlaps(W)
+    off_diagonal = o - torch.diag_embed(torch.diagonal(o, dim1=-2, dim2=-1))
+    return off_diagonal.pow(2).sum(dim=-1).sqrt()
+
+
+def represented(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... feature"]:
+    """True where ‖W_i‖ > REPRESENTED_NORM."""
+    return feature_norms(W) > REPRESENTED_NORM
+
+
+def neuron_alive(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... hidden"]:
+    return W.double().norm(dim=-1) > DEAD_NEURON_NORM
+
+
+def monosemantic(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... hidden"]:
+    """True for live neurons whose largest |exposure| >= MONOSEMANTIC_SHARE of the row's norm."""
+    W = W.double()
+    largest = W.abs().amax(dim=-1)
+    return neuron_alive(W) & (largest >= MONOSEMANTIC_SHARE * W.norm(dim=-1))
+
+
+def monosemantic_fraction(W: Annotated[Tensor, "hidden feature"]) -> float | None:
+    """Monosemantic neurons over live neurons; None when every neuron is dead."""
+    alive = int(neuron_alive(W).sum())
+    if alive == 0:
+        return None
+    return int(monosemantic(W).sum()) / alive
+
+
+def has_privileged_basis(task: str, hidden_relu: bool) -> bool:
+    """Neurons mean something only behind a ReLU: abs always, identity with hidden_relu."""
+    return task == "abs" or bool(hidden_relu)
+
+
+def _mean(values: Tensor) -> float | None:
+    return float(values.mean()) if values.numel() > 0 else None
+
+
+def level_metrics(task: str, weights: dict[str, Tensor], hidden_relu: bool) -> list[dict]:
+    """One dict of plain Python values per level (level axis first in `weights`).
+
+    features_represented: count of features with ‖W_i‖ > REPRESENTED_NORM.
+    mean_dimensionality, mean_interference: means over the represented features (None if none).
+    dimensions_per_feature: d_hidden / ‖W‖_F² (None where W = 0).
+    monosemantic_fraction: for abs and identity with hidden_relu (None otherwise, or when every
+    neuron is dead). A level whose weights are not all finite (no restart stayed finite) gets None
+    everywhere.
+    """
+    W_all = feature_matrix(task, weights)
+    privileged = has_privileged_basis(task, hidden_relu)
+    rows = []
+    for level in range(W_all.shape[0]):
+        W = W_all[level]
+        finite = all(bool(torch.isfinite(v[level]).all()) for v in weights.values())
+        if not finite:
+            rows.append(
+                {
+                    "features_represented": None,
+                    "mean_dimensionality": None,
+                    "mean_interference": None,
+                    "dimensions_per_feature": None,
+                    "monosemantic_fraction": None,
+                }
+            )
+            continue
+        keep = represented(W)
+        per_feature = float(dimensions_per_feature(W))
+        rows.append(
+            {
+                "features_represented": int(keep.sum()),
+                "mean_dimensionality": _mean(dimensionality(W)[keep]),
+                "mean_interference": _mean(interference(W)[keep]),
+                "dimensions_per_feature": per_feature if per_feature != float("inf") else None,
+                "monosemantic_fraction": monosemantic_fraction(W) if privileged else None,
+            }
+        )
+    return rows

@@ -1,0 +1,604 @@
+"""Static figures of a finished run, in the look of the course and the paper.
+
+Every figure is drawn from what a job leaves in its output directory (results.json,
+weights.safetensors, history.safetensors) and saved as a PNG under OUTPUT_DIR/plots/, atomically.
+Figures are plain `matplotlib.figure.Figure` objects on the Agg canvas (pyplot is never touched,
+so importing this module changes no backend), drawn under a fixed style, so a figure's pixel size
+is its figsize × DPI and nothing else: sizes are multiples of a quarter inch, exact in floating
+point.
+
+- features_2d.png (d_hidden == 2 only): each feature a line from the origin to its column of W
+  (W1 for abs), coloured by importance; one panel per level.
+- wtw.png: identity WᵀW; abs W1 and W2ᵀ (both neuron × feature); diverging colours centred at 0.
+- neurons.png (abs, or identity with hidden_relu: where neurons form a privileged basis): one
+  stacked bar per neuron, positive exposures stacked up from 0 and negative ones down, coloured
+  by the feature's interference; abs adds W1 and W2ᵀ coloured by feature.
+- dimensionality.png: D_i of every feature against 1 / p with the curve d_hidden / ‖W‖_F² and the
+  "sticky" fractions 1, 3/4, 2/3, 1/2, 2/5, 3/8.
+- loss.png: training loss per level (best restart, min–max band over restarts) and the held-out
+  loss of every restart with the selected one starred; the first panel needs history.safetensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection, QuadMesh
+from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+
+from superposition import metrics
+from superposition.outputs import HISTORY, WEIGHTS, read_results, read_tensors, write_atomically
+
+PLOTS_DIR = "plots"
+DPI = 100
+# inches; multiples of 1/4 so that inches × DPI is an exact integer
+PANEL = 2.5  # one level's panel, square figures
+MATRIX_ROW = 1.75  # one row of abs W1 / W2ᵀ heatmaps
+BAR_ROW = 2.25  # one row of neuron bars
+COLORBAR = 1.0  # room right of the panels for a colorbar
+HEADER = 0.75  # room for the suptitle and axis labels
+MIN_WIDTH = 6.0  # of a figure with a panel per level, so that its title fits
+SINGLE = (8.0, 5.0)  # dimensionality.png
+LOSS_PANEL = (6.5, 4.75)  # each panel of loss.png
+
+STICKY_FRACTIONS = [(1, "1"), (3 / 4, "3/4"), (2 / 3, "2/3"), (1 / 2, "1/2"), (2 / 5, "2/5")]
+STICKY_FRACTIONS += [(3 / 8, "3/8")]
+
+STYLE = {
+    "savefig.bbox": "standard",
+    "savefig.transparent": False,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "figure.titlesize": 10,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+@dataclass
+class RunData:
+    """What a job wrote: results.json, the selected weights and (when present) the loss record."""
+
+    results: dict
+    weights: dict[str, Tensor]
+    history: dict[str, Tensor] | None = None
+
+    @property
+    def task(self) -> str:
+        return self.results["task"]
+
+    @property
+    def levels(self) -> list[dict]:
+        return self.results["levels"]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def privileged(self) -> bool:
+        return metrics.has_privileged_basis(self.task, self.results.get("hidden_relu", False))
+
+    def features(self) -> Annotated[np.ndarray, "level hidden feature"]:
+        return metrics.feature_matrix(self.task, self.weights).double().numpy()
+
+    def feature_tensor(self, level: int) -> Annotated[Tensor, "hidden feature"]:
+        return metrics.feature_matrix(self.task, self.weights)[level]
+
+    def finite(self) -> list[bool]:
+        """Per level: did some restart stay finite (else its weights are NaN)."""
+        return [
+            bool(all(np.isfinite(v[level].numpy()).all() for v in self.weights.values()))
+            for level in range(self.n_levels)
+        ]
+
+    def importance(self) -> Annotated[np.ndarray, "level feature"]:
+        return np.array([lv["importance"] for lv in self.levels], dtype=float)
+
+    def probability(self) -> list[float]:
+        return [lv["feature_probability"] for lv in self.levels]
+
+
+def load_run(out_dir: Path) -> RunData:
+    out_dir = Path(out_dir)
+    history_path = out_dir / HISTORY
+    return RunData(
+        results=read_results(out_dir),
+        weights=read_tensors(out_dir / WEIGHTS),
+        history=read_tensors(history_path) if history_path.exists() else None,
+    )
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Fixed room around and between panels, in inches (no layout engine: fast, predictable)."""
+
+    left: float = 0.55
+    right: float = COLORBAR
+    top: float = 0.6
+    bottom: float = 0.45
+    wgap: float = 0.4
+    hgap: float = 0.6
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _levels_width(n_levels: int) -> float:
+    """Width of a figure with one panel per level: the panels and a colorbar, at least MIN_WIDTH."""
+    return max(n_levels * PANEL + COLORBAR, MIN_WIDTH)
+
+
+def _axes_grid(
+    fig: Figure, nrows: int, ncols: int, margins: Margins, sharey: str | None = None
+) -> np.ndarray:
+    width, height = fig.get_size_inches()
+    m = margins
+    panel_w = (width - m.left - m.right - (ncols - 1) * m.wgap) / ncols
+    panel_h = (height - m.top - m.bottom - (nrows - 1) * m.hgap) / nrows
+    grid = {
+        "left": m.left / width,
+        "right": 1 - m.right / width,
+        "bottom": m.bottom / height,
+        "top": 1 - m.top / height,
+        "wspace": m.wgap / panel_w,
+        "hspace": m.hgap / panel_h,
+    }
+    return fig.subplots(nrows, ncols, squeeze=False, sharey=sharey, gridspec_kw=grid)
+
+
+def _colorbar(fig: Figure, mappable, axes, label: str):
+    """A colorbar in the right margin, as tall as the given axes."""
+    boxes = [ax.get_position() for ax in np.ravel(axes)]
+    y0, y1 = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+    width, _ = fig.get_size_inches()
+    cax = fig.add_axes(
+        (1 - (COLORBAR - 0.2) / width, y0 + 0.05 * (y1 - y0), 0.12 / width, 0.9 * (y1 - y0))
+    )
+    return fig.colorbar(mappable, cax=cax, label=label)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    _, height = fig.get_size_inches()
+    fig.suptitle(text, y=1 - 0.08 / height, va="top")
+
+
+def _header(run: RunData, what: str) -> str:
+    r = run.results
+    relu = ", hidden ReLU" if r.get("hidden_relu") and run.task == "identity" else ""
+    return f"{what} — {run.task}: n_features={r['n_features']}, d_hidden={r['d_hidden']}{relu}"
+
+
+def _level_title(p: float) -> str:
+    return f"p = {p:g}"
+
+
+def _blank(ax, p: float, title: bool = True) -> None:
+    if title:
+        ax.set_title(_level_title(p))
+    ax.text(0.5, 0.5, "no finite restart", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()  # not set_yticks([]): that would clear the ticks of a shared row
+
+
+def _importance_norm(run: RunData) -> Normalize:
+    importance = run.importance()
+    return Normalize(vmin=float(importance.min()), vmax=float(importance.max()))
+
+
+def _symmetric_limit(arrays: list[np.ndarray]) -> float:
+    finite = [np.abs(a).max() for a in arrays if a.size and np.isfinite(a).all()]
+    return max([*finite, 1e-12])
+
+
+def _feature_colors(n_features: int) -> ListedColormap:
+    """Distinct colours by feature: tab10 / tab20 when they suffice, else samples of turbo."""
+    if n_features <= 10:
+        colors = matplotlib.colormaps["tab10"].colors[:n_features]
+    elif n_features <= 20:
+        colors = matplotlib.colormaps["tab20"].colors[:n_features]
+    else:
+        colors = matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, n_features))
+    return ListedColormap(colors, name="features")
+
+
+def _stacked_bars(ax, M: Annotated[np.ndarray, "hidden feature"], colors: np.ndarray) -> None:
+    """One bar per neuron (row of M): positive entries stacked up from 0 and negative ones down,
+    in feature order; entry (h, i) filled with colors[i].
+
+    Drawn as one QuadMesh, so thousands of segments cost one call: vertex columns are the bars'
+    left and right edges, rows the stack boundaries (the positive stack, then the negative one).
+    Cells between bars and the cell joining the two stacks are transparent.
+    """
+    n_hidden, n_features = M.shape
+    pos, neg = np.clip(M, 0, None).T, np.clip(M, None, 0).T
+    zero = np.zeros((1, n_hidden))
+    boundaries = np.concatenate([zero, pos.cumsum(0), zero, neg.cumsum(0)])  # (2f+2, hidden)
+    y = np.repeat(boundaries, 2, axis=1)
+    x = np.broadcast_to(
+        np.stack([np.arange(n_hidden) - 0.4, np.arange(n_hidden) + 0.4], 1), (n_hidden, 2)
+    ).reshape(-1)
+    coordinates = np.stack([np.broadcast_to(x, y.shape), y], axis=-1)
+    face = np.zeros((2 * n_features + 1, 2 * n_hidden - 1, 4))
+    face[:n_features, 0::2] = colors[:, None]
+    face[n_features + 1 :, 0::2] = colors[:, None]
+    edge = np.zeros_like(face)
+    outlined = n_features <= 30  # thin white outlines while segments are few enough to see
+    if outlined:
+        edge[face[..., 3] > 0] = (1.0, 1.0, 1.0, 1.0)
+    mesh = QuadMesh(
+        coordinates,
+        facecolors=face.reshape(-1, 4),
+        edgecolors=edge.reshape(-1, 4) if outlined else "none",
+        linewidths=0.3 if outlined else 0.0,
+    )
+    ax.add_collection(mesh, autolim=False)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlim(-0.6, n_hidden - 0.4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+
+
+# --------------------------------------------------------------------------------------- figures
+
+
+def features_2d_figure(run: RunData) -> Figure:
+    """The course's pentagon picture: each feature a line from the origin to its column."""
+    W = run.features()
+    n_levels = run.n_levels
+    fig = _figure(_levels_width(n_levels), PANEL + HEADER)
+    axes = _axes_grid(fig, 1, n_levels, Margins(left=0.45, bottom=0.35, wgap=0.35))[0]
+    cmap, norm = matplotlib.colormaps["viridis"], _importance_norm(run)
+    finite = run.finite()
+    norms = [np.linalg.norm(W[lv], axis=0).max() for lv in range(n_levels) if finite[lv]]
+    lim = max([1.0, *[1.15 * n for n in norms]])
+    importance = run.importance()
+    for level, (ax, p) in enumerate(zip(axes, run.probability(), strict=True)):
+        if not finite[level]:
+            _blank(ax, p)
+            continue
+        ax.set_title(_level_title(p))
+        ax.set_aspect("equal")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.add_patch(Circle((0, 0), 1.0, fill=False, linestyle=":", color="0.75", linewidth=0.8))
+        ax.axhline(0, color="0.85", linewidth=0.6, zorder=0)
+        ax.axvline(0, color="0.85", linewidth=0.6, zorder=0)
+        order = np.argsort(importance[level])  # most important drawn last, on top
+        ends = W[level][:, order].T
+        colors = cmap(norm(importance[level][order]))
+        segments = np.stack([np.zeros_like(ends), ends], axis=1)
+        ax.add_collection(LineCollection(segments, colors=colors, linewidths=2.0))
+        ax.scatter(ends[:, 0], ends[:, 1], c=colors, s=22, zorder=3, edgecolors="none")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
+    label = "W1" if run.task == "abs" else "W"
+    _suptitle(fig, _header(run, f"features in 2D (columns of {label})"))
+    _colorbar(fig, ScalarMappable(norm, cmap), axes, "importance")
+    return fig
+
+
+def wtw_figure(run: RunData) -> Figure:
+    """identity: WᵀW (feature × feature); abs: W1 and W2ᵀ (neuron × feature). One colour scale
+    per row, symmetric about 0 and shared by the levels."""
+    n_levels = run.n_levels
+    if run.task == "abs":
+        w = run.weights
+        rows = [
+            ("W1", w["W1"].double().numpy(), "W1\nneuron"),
+            (r"W2$^\top$", w["W2"].double().numpy().transpose(0, 2, 1), "W2$^\\top$\nneuron"),
+        ]
+        row_height, aspect = MATRIX_ROW, "auto"
+    else:
+        W = run.features()
+        rows = [(r"W$^\top$W", W.transpose(0, 2, 1) @ W, "feature")]
+        row_height, aspect = PANEL, "equal"
+    fig = _figure(_levels_width(n_levels), len(rows) * row_height + HEADER)
+    axes = _axes_grid(fig, len(rows), n_levels, Margins(left=0.65, wgap=0.45, hgap=0.45))
+    finite = run.finite()
+    cmap = matplotlib.colormaps["RdBu"]
+    for r, (name, matrices, ylabel) in enumerate(rows):
+        limit = _symmetric_limit([matrices[lv] for lv in range(n_levels) if finite[lv]])
+        norm = Normalize(vmin=-limit, vmax=limit)
+        for level, p in enumerate(run.probability()):
+            ax = axes[r, level]
+            if not finite[level]:
+                _blank(ax, p, title=r == 0)
+                continue
+            ax.imshow(matrices[level], cmap=cmap, norm=norm, interpolation="nearest", aspect=aspect)
+            if r == 0:
+                ax.set_title(_level_title(p))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            if level == 0:
+                ax.set_ylabel(ylabel)
+            if r == len(rows) - 1:
+                ax.set_xlabel("feature")
+        _colorbar(fig, ScalarMappable(norm, cmap), axes[r, :], name)
+    what = "weights" if run.task == "abs" else r"W$^\top$W"
+    _suptitle(fig, _header(run, what))
+    return fig
+
+
+def _stack_limits(matrices: list[np.ndarray]) -> tuple[float, float]:
+    """y range holding every neuron's positive and negative stack."""
+    low = min([0.0, *[float(np.clip(m, None, 0).sum(-1).min()) for m in matrices]])
+    high = max([0.0, *[float(np.clip(m, 0, None).sum(-1).max()) for m in matrices]])
+    pad = 0.05 * max(high - low, 1e-6)
+    return low - pad, high + pad
+
+
+def neurons_figure(run: RunData) -> Figure:
+    """Per-neuron stacked exposure bars (rows of W, or W1), coloured by each feature's
+    interference; abs adds W1 and W2ᵀ coloured by feature, to follow a feature in and out."""
+    n_levels = run.n_levels
+    W = run.features()
+    n_features = W.shape[-1]
+    finite = run.finite()
+    live = [lv for lv in range(n_levels) if finite[lv]]
+    interference = {lv: metrics.interference(run.feature_tensor(lv)).numpy() for lv in live}
+    interference_cmap = matplotlib.colormaps["viridis"]
+    # interference grows with the other features' norms (W1 of abs is not unit-scaled): the scale
+    # is shared by the levels and reaches at least 1
+    top = max([1.0, *[float(v.max()) for v in interference.values()]])
+    interference_norm = Normalize(vmin=0.0, vmax=top)
+    feature_cmap = _feature_colors(n_features)
+    feature_norm = BoundaryNorm(np.arange(n_features + 1) - 0.5, n_features)
+    by_feature = feature_cmap(np.arange(n_features))
+    name = "W1" if run.task == "abs" else "W"
+    rows: list[tuple[str, np.ndarray, Callable[[int], np.ndarray]]] = [
+        (
+            f"{name} exposure\n(by interference)",
+            W,
+            lambda lv: interference_cmap(interference_norm(interference[lv])),
+        )
+    ]
+    if run.task == "abs":
+        W2t = run.weights["W2"].double().numpy().transpose(0, 2, 1)
+        rows.append(("W1 exposure\n(by feature)", W, lambda lv: by_feature))
+        rows.append(("W2$^\\top$ exposure\n(by feature)", W2t, lambda lv: by_feature))
+    fig = _figure(_levels_width(n_levels), len(rows) * BAR_ROW + HEADER)
+    margins = Margins(left=0.75, wgap=0.25, hgap=0.45)
+    axes = _axes_grid(fig, len(rows), n_levels, margins, sharey="row")
+    for r, (label, matrices, colors_of) in enumerate(rows):
+        for level, p in enumerate(run.probability()):
+            ax = axes[r, level]
+            if not finite[level]:
+                _blank(ax, p, title=r == 0)
+                continue
+            _stacked_bars(ax, matrices[level], colors_of(level))
+            if r == 0:
+                ax.set_title(_level_title(p))
+            if level == 0:
+                ax.set_ylabel(label)
+            if r == len(rows) - 1:
+                ax.set_xlabel("neuron")
+        if live:
+            axes[r, 0].set_ylim(*_stack_limits([matrices[lv] for lv in live]))
+    _colorbar(fig, ScalarMappable(interference_norm, interference_cmap), axes[0, :], "interference")
+    if len(rows) > 1:
+        bar = _colorbar(fig, ScalarMappable(feature_norm, feature_cmap), axes[1:, :], "feature")
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    _suptitle(fig, _header(run, "neurons: stacked exposure to each feature"))
+    return fig
+
+
+def dimensionality_figure(run: RunData) -> Figure:
+    """D_i of every feature of every level against 1 / p, with d_hidden / ‖W‖_F²."""
+    fig = _figure(*SINGLE)
+    ax = _axes_grid(fig, 1, 1, Margins(left=0.7, right=1.6, top=0.45, bottom=0.55))[0, 0]
+    finite = run.finite()
+    importance = run.importance()
+    cmap, norm = matplotlib.colormaps["viridis"], _importance_norm(run)
+    xs, ys, cs, curve_x, curve_y = [], [], [], [], []
+    for level, p in enumerate(run.probability()):
+        if not finite[level]:
+            continue
+        W_level = run.feature_tensor(level)
+        dims = metrics.dimensionality(W_level).numpy()
+        xs.append(np.full(dims.shape, 1 / p))
+        ys.append(dims)
+        cs.append(importance[level])
+        per_feature = float(metrics.dimensions_per_feature(W_level))
+        if np.isfinite(per_feature):
+            curve_x.append(1 / p)
+            curve_y.append(per_feature)
+    for value, _ in STICKY_FRACTIONS:
+        ax.axhline(value, color="0.6", linestyle="--", linewidth=0.8, zorder=0)
+    top = max([1.1, *[1.05 * y for y in curve_y]])
+    if xs:
+        ax.scatter(
+            np.concatenate(xs),
+            np.concatenate(ys),
+            c=np.concatenate(cs),
+            cmap=cmap,
+            norm=norm,
+            s=18,
+            alpha=0.7,
+            edgecolors="none",
+            label=r"$D_i$ of each feature",
+        )
+        ax.plot(
+            curve_x,
+            curve_y,
+            color="black",
+            marker="o",
+            markersize=4,
+            linewidth=1.5,
+            label=r"$d_{hidden}\,/\,\|W\|_F^2$",
+        )
+        x_all = np.concatenate(xs)
+        ax.set_xlim(x_all.min() / 1.6, x_all.max() * 1.6)
+        legend = ax.legend(loc="upper left")
+        legend.legend_handles[0].set_color("0.45")  # the scatter's key, not one importance
+    else:
+        ax.text(0.5, 0.5, "no finite level", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_ylim(0, top)
+    ax.set_xlabel("1 / feature probability  (1 / (1 − S))")
+    ax.set_ylabel("dimensions per feature")
+    sticky = ax.secondary_yaxis("right")
+    sticky.set_yticks([v for v, _ in STICKY_FRACTIONS], labels=[s for _, s in STICKY_FRACTIONS])
+    sticky.tick_params(length=0, labelsize=8, colors="0.35")
+    name = "W1" if run.task == "abs" else "W"
+    _suptitle(fig, _header(run, f"feature dimensionality (of {name})"))
+    _colorbar(fig, ScalarMappable(norm, cmap), [ax], "importance")
+    return fig
+
+
+def _level_colors(n_levels: int) -> np.ndarray:
+    return matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, n_levels))
+
+
+def _training_panel(ax, run: RunData, colors: np.ndarray) -> None:
+    steps = run.history["steps"].numpy()
+    loss = run.history["loss"].double().numpy()  # (T, level, restart)
+    ok = np.isfinite(loss) & (loss > 0)
+    low = np.where(ok, loss, np.inf).min(axis=-1)
+    high = np.where(ok, loss, -np.inf).max(axis=-1)
+    any_ok = ok.any(axis=-1)
+    for level, (lv, p) in enumerate(zip(run.levels, run.probability(), strict=True)):
+        color = colors[level]
+        has = any_ok[:, level]
+        ax.fill_between(
+            steps[has], low[has, level], high[has, level], color=color, alpha=0.2, linewidth=0
+        )
+        best = lv["best_restart"]
+        if best is not None:
+            curve = np.where(ok[:, level, best], loss[:, level, best], np.nan)
+            ax.plot(steps, curve, color=color, linewidth=1.2, label=f"p = {p:g}")
+        else:
+            ax.plot([], [], color=color, label=f"p = {p:g} (none finite)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("training loss: selected restart, band = min–max over restarts")
+    ax.legend(loc="best", ncols=2 if run.n_levels > 6 else 1)
+
+
+def _eval_panel(ax, run: RunData, colors: np.ndarray) -> None:
+    restarts = run.results["restarts"]
+    offsets = np.linspace(-0.3, 0.3, restarts) if restarts > 1 else np.zeros(1)
+    starred = False
+    for level, lv in enumerate(run.levels):
+        values = lv.get("restart_eval_losses") or [None] * restarts
+        losses = np.array([np.nan if v is None else v for v in values], dtype=float)
+        ok = np.isfinite(losses) & (losses > 0)
+        ax.scatter(
+            level + offsets[ok], losses[ok], color=colors[level], s=18, alpha=0.8, linewidths=0
+        )
+        best = lv["best_restart"]
+        if best is not None and ok[best]:
+            ax.scatter(
+                level + offsets[best],
+                losses[best],
+                marker="*",
+                s=130,
+                color="red",
+                edgecolors="black",
+                linewidths=0.5,
+                zorder=3,
+                label=None if starred else "selected (lowest held-out loss)",
+            )
+            starred = True
+        missing = int((~ok).sum())
+        if missing:
+            ax.annotate(
+                f"{missing} excluded",
+                (level, 0.02),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                fontsize=6,
+                color="0.3",
+            )
+    ax.set_yscale("log")
+    ax.set_xticks(range(run.n_levels), labels=[f"{p:g}" for p in run.probability()])
+    ax.set_xlim(-0.6, run.n_levels - 0.4)
+    ax.set_xlabel("feature probability p")
+    ax.set_ylabel("held-out loss")
+    ax.set_title(f"held-out loss of each of {restarts} restarts")
+    if starred:
+        ax.legend(loc="best")
+
+
+def loss_figure(run: RunData) -> Figure:
+    """Training curves per level (when the history is there) and every restart's held-out loss."""
+    panels = 2 if run.history is not None else 1
+    fig = _figure(panels * LOSS_PANEL[0], LOSS_PANEL[1])
+    margins = Margins(left=0.75, right=0.25, top=0.6, bottom=0.55, wgap=0.85)
+    axes = _axes_grid(fig, 1, panels, margins)[0]
+    colors = _level_colors(run.n_levels)
+    if run.history is not None:
+        _training_panel(axes[0], run, colors)
+    _eval_panel(axes[-1], run, colors)
+    r = run.results
+    _suptitle(fig, _header(run, f"loss ({r['restarts']} restarts, {r['steps']} steps)"))
+    return fig
+
+
+# ------------------------------------------------------------------------------------- drawing
+
+
+def figure_makers(run: RunData) -> dict[str, Callable[[RunData], Figure]]:
+    """The figures that apply to this run, by file stem, in drawing order."""
+    makers: dict[str, Callable[[RunData], Figure]] = {}
+    if run.results["d_hidden"] == 2:
+        makers["features_2d"] = features_2d_figure
+    makers["wtw"] = wtw_figure
+    if run.privileged:
+        makers["neurons"] = neurons_figure
+    makers["dimensionality"] = dimensionality_figure
+    makers["loss"] = loss_figure
+    return makers
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write the figure as a PNG at exactly figsize × DPI pixels, atomically."""
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    return path
+
+
+def to_rgba(fig: Figure) -> Annotated[np.ndarray, "height width 4"]:
+    """The figure rendered in memory, uint8 RGBA (e.g. for an image logger)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    with matplotlib.style.context(["default", STYLE]):
+        canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def draw_run(run: RunData, plots_dir: Path) -> list[Path]:
+    """Draw every applicable figure of `run` into plots_dir; return the PNG paths."""
+    paths = []
+    for name, make in figure_makers(run).items():
+        with matplotlib.style.context(["default", STYLE]):
+            paths.append(save_png(make(run), Path(plots_dir) / f"{name}.png"))
+    return paths
+
+
+def draw_all(out_dir: Path) -> list[Path]:
+    """Read results.json, weights.safetensors and history.safetensors (if present) from out_dir
+    and draw every applicable figure into out_dir/plots/; return the PNG paths."""
+    out_dir = Path(out_dir)
+    return draw_run(load_run(out_dir), out_dir / PLOTS_DIR)

@@ -1,0 +1,287 @@
+"""Weights & Biases tracking of one job: the only module that imports wandb.
+
+Tracking is a passenger: if W&B cannot start or any call fails, one warning line goes to stderr and
+the tracker turns into a no-op, while training and the local outputs go on. Offline (the default)
+stores the run under the job's output directory, in `<out_dir>/wandb/offline-run-*/`; upload it
+later with `wandb sync <out_dir>/wandb/offline-run-*`. Artifact files are copied to W&B's staging
+directory (`$WANDB_DATA_DIR`, default ~/.local/share/wandb) until then.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from torch import Tensor
+
+from superposition.outputs import RESULTS, WEIGHTS
+
+MODES = ("offline", "online", "disabled")
+# seconds wandb.init may take (online: reaching the server) before the job goes on without it
+INIT_TIMEOUT_S = 60.0
+ARTIFACT_NAME_MAXLEN = 128
+
+
+def warn(what: str, reason: BaseException | str) -> None:
+    """The one line that says tracking stopped, and why."""
+    if isinstance(reason, BaseException):
+        text = " ".join(str(reason).split()).rstrip(".")
+        reason = f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    print(f"warning: W&B {what}: {reason}; training and local outputs go on", file=sys.stderr)
+
+
+def plain(value: Any) -> Any:
+    """Config values as JSON-friendly Python: enums by value, paths as strings, tuples as lists."""
+    if isinstance(value, Enum):
+        return plain(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def level_labels(feature_probability: Sequence[float]) -> list[str]:
+    """Key of each level, 'p=0.1'; a probability that repeats gets its level index, 'p=0.1#3'."""
+    labels = [f"p={p:g}" for p in feature_probability]
+    return [
+        label if labels.count(label) == 1 else f"{label}#{level}"
+        for level, label in enumerate(labels)
+    ]
+
+
+def logged_indices(steps: Sequence[int], log_every: int) -> list[int]:
+    """Indices of the recorded steps to log: the first recorded step in each window of log_every
+    steps (the multiples of log_every, when log_every is a multiple of the recording interval),
+    and the last recorded step."""
+    chosen, window = [], -1
+    for index, step in enumerate(steps):
+        if step // log_every > window:
+            chosen.append(index)
+            window = step // log_every
+    if steps and chosen[-1] != len(steps) - 1:
+        chosen.append(len(steps) - 1)
+    return chosen
+
+
+def history_rows(
+    steps: Sequence[int],
+    loss: Annotated[Tensor, "time level restart"],
+    feature_probability: Sequence[float],
+    log_every: int,
+) -> list[tuple[int, dict[str, float]]]:
+    """(step, {key: value}) for each logged step: per level the best and the mean training loss
+    over the restarts whose loss is finite there (a level with none finite is left out)."""
+    loss = loss.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(loss)
+    count = finite.sum(-1)
+    best = torch.where(finite, loss, math.inf).amin(-1).tolist()
+    mean = (torch.where(finite, loss, 0.0).sum(-1) / count.clamp(min=1)).tolist()
+    count = count.tolist()
+    labels = level_labels(feature_probability)
+    rows = []
+    for t in logged_indices(steps, log_every):
+        row = {}
+        for level, label in enumerate(labels):
+            if count[t][level]:
+                row[f"train/loss_best/{label}"] = best[t][level]
+                row[f"train/loss_mean/{label}"] = mean[t][level]
+        rows.append((int(steps[t]), row))
+    return rows
+
+
+def scalar_metrics(level: dict) -> dict[str, float | int | bool | None]:
+    """The level's metrics that are single numbers (or null), in their order."""
+    metrics = level.get("metrics") or {}
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, int | float)}
+
+
+def level_table(results: dict) -> tuple[list[str], list[list]]:
+    """Columns and one row per level: feature_probability, best_restart, eval_loss, each metric."""
+    names: list[str] = []
+    for level in results["levels"]:
+        names += [name for name in scalar_metrics(level) if name not in names]
+    columns = ["feature_probability", "best_restart", "eval_loss", *names]
+    rows = []
+    for level in results["levels"]:
+        metrics = scalar_metrics(level)
+        rows.append(
+            [level["feature_probability"], level["best_restart"], level["eval_loss"]]
+            + [metrics.get(name) for name in names]
+        )
+    return columns, rows
+
+
+def level_summary(results: dict) -> dict[str, float | int | bool]:
+    """'level/p=0.1/eval_loss' and 'level/p=0.1/<metric>' for every level; nulls left out."""
+    labels = level_labels([level["feature_probability"] for level in results["levels"]])
+    summary = {}
+    for label, level in zip(labels, results["levels"], strict=True):
+        values = {"eval_loss": level["eval_loss"], **scalar_metrics(level)}
+        for key, value in values.items():
+            if value is not None:
+                summary[f"level/{label}/{key}"] = value
+    return summary
+
+
+def artifact_name(run_name: str) -> str:
+    """'<run name>-weights' in the characters every W&B server accepts in an artifact name."""
+    suffix = "-weights"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_name).strip("_") or "run"
+    return stem[: ARTIFACT_NAME_MAXLEN - len(suffix)] + suffix
+
+
+class Tracker:
+    """One W&B run, or nothing: every method of a disabled tracker is a no-op.
+
+    Use as a context manager to finish the run with exit code 1 when the job raises.
+    """
+
+    def __init__(self, run: Any = None):
+        self._run = run
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        config: dict,
+        out_dir: Path,
+        mode: str,
+        project: str,
+        entity: str | None,
+        group: str | None,
+        name: str,
+        job_type: str,
+        resume_id: str | None = None,
+    ) -> Tracker:
+        """Start a run; never raises. Where W&B cannot start, print one warning line to stderr and
+        return a disabled tracker. mode 'disabled' gives a disabled tracker without a word.
+        resume_id continues that run (resume='allow': a new run of that id if none exists)."""
+        mode = getattr(mode, "value", mode)
+        if mode == "disabled":
+            return cls()
+        if mode not in MODES:
+            warn("could not start", f"mode {mode!r} is not one of {', '.join(MODES)}")
+            return cls()
+        try:
+            import wandb
+
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            resume = {"id": resume_id, "resume": "allow"} if resume_id else {}
+            run = wandb.init(
+                mode=mode,
+                dir=str(out_dir),
+                project=project,
+                entity=entity,
+                group=group,
+                name=name,
+                job_type=job_type,
+                config=plain(config),
+                settings=wandb.Settings(
+                    console="off",
+                    silent=True,
+                    save_code=False,
+                    init_timeout=INIT_TIMEOUT_S,
+                    # a job that ended without finishing its run must not hand it to the next job
+                    reinit="finish_previous",
+                ),
+                **resume,
+            )
+        except Exception as err:
+            warn(f"could not start ({mode})", err)
+            return cls()
+        return cls(run)
+
+    @property
+    def enabled(self) -> bool:
+        return self._run is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.id if self._run is not None else None
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's local directory (offline: <out_dir>/wandb/offline-run-<time>-<id>)."""
+        return Path(self._run.dir).parent if self._run is not None else None
+
+    def _guarded(self, what: str, call: Callable[[Any], None]) -> None:
+        """call(run); on any exception warn once, finish the run as failed, and go dark."""
+        if self._run is None:
+            return
+        try:
+            call(self._run)
+        except Exception as err:
+            run, self._run = self._run, None
+            warn(f"{what} failed", err)
+            if what != "finish":
+                try:
+                    run.finish(exit_code=1)
+                except Exception:
+                    pass
+
+    def log_history(
+        self,
+        steps: Sequence[int],
+        loss: Annotated[Tensor, "time level restart"],
+        feature_probability: Sequence[float],
+        log_every: int,
+    ) -> None:
+        """Per level the best and mean training loss over restarts, at the training steps chosen
+        by logged_indices, keyed 'train/loss_best/p=0.1' and 'train/loss_mean/p=0.1'."""
+
+        def log(run):
+            for step, row in history_rows(steps, loss, feature_probability, log_every):
+                run.log(row, step=step)
+
+        self._guarded("log_history", log)
+
+    def log_results(self, results: dict, out_dir: Path) -> None:
+        """Figures out_dir/plots/*.png (key 'plots/<stem>'), the table 'levels', per-level summary
+        values, and the artifact '<run name>-weights' (type 'model': weights and results)."""
+        out_dir = Path(out_dir)
+
+        def log(run):
+            import wandb
+
+            columns, rows = level_table(results)
+            media = {
+                f"plots/{png.stem}": wandb.Image(str(png))
+                for png in sorted(out_dir.glob("plots/*.png"))
+            }
+            # no step: joins the last history row, the final training step
+            run.log({**media, "levels": wandb.Table(columns=columns, data=rows)})
+            run.summary.update(level_summary(results))
+            artifact = wandb.Artifact(
+                artifact_name(run.name or run.id),
+                type="model",
+                metadata={k: v for k, v in results.items() if not isinstance(v, list | dict)},
+            )
+            artifact.add_file(str(out_dir / WEIGHTS))
+            artifact.add_file(str(out_dir / RESULTS))
+            run.log_artifact(artifact)
+
+        self._guarded("log_results", log)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """End the run (offline: close its file). Later calls do nothing."""
+        self._guarded("finish", lambda run: run.finish(exit_code=exit_code))
+        self._run = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.finish(exit_code=0 if exc_type is None else 1)
+        return False

@@ -1,0 +1,99 @@
+"""Forward, loss, initialisation and the instance-wise optimiser against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from superposition.config import LRSchedule, Optimizer, Task
+from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
+from superposition.optim import InstanceAdam, learning_rate
+
+
+def test_identity_forward_by_hand():
+    spec = ModelSpec(Task.identity, n_features=3, d_hidden=2)
+    W = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]]])
+    b = torch.tensor([[0.0, -0.5, 0.1]])
+    x = torch.tensor([[[1.0, 0.0, 0.5]]])
+    # W x = [1.5, -0.5]; Wᵀ(Wx) = [1.5, -0.5, 2.0]; + b = [1.5, -1.0, 2.1]; ReLU
+    out = forward(spec, {"W": W, "b_final": b}, x)
+    torch.testing.assert_close(out, torch.tensor([[[1.5, 0.0, 2.1]]]))
+    relu_spec = ModelSpec(Task.identity, 3, 2, hidden_relu=True)
+    # ReLU(Wx) = [1.5, 0]; Wᵀ h = [1.5, 0, 1.5]; + b = [1.5, -0.5, 1.6]
+    out = forward(relu_spec, {"W": W, "b_final": b}, x)
+    torch.testing.assert_close(out, torch.tensor([[[1.5, 0.0, 1.6]]]))
+
+
+def test_abs_forward_and_target_by_hand():
+    spec = ModelSpec(Task.abs, n_features=2, d_hidden=2)
+    W1 = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])
+    W2 = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    b = torch.zeros(1, 2)
+    x = torch.tensor([[[-0.7, 0.3], [0.4, 0.0]]])
+    out = forward(spec, {"W1": W1, "W2": W2, "b_final": b}, x)
+    # ReLU(x0) + ReLU(-x0) = |x0| computed for feature 0; feature 1 is dropped
+    torch.testing.assert_close(out, torch.tensor([[[0.7, 0.0], [0.4, 0.0]]]))
+    torch.testing.assert_close(target_of(spec, x), x.abs())
+
+
+def test_loss_is_importance_weighted_mean_over_batch_and_features():
+    out = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    target = torch.tensor([[[0.0, 1.0], [0.0, 2.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    importance = torch.tensor([[1.0, 0.5], [1.0, 1.0]])
+    # instance 0: (1*1 + 0.5*1 + 0 + 0.5*4) / 4 = 0.875
+    torch.testing.assert_close(
+        loss_per_instance(out, target, importance), torch.tensor([0.875, 0.0])
+    )
+
+
+def test_initialisation_statistics():
+    instances = torch.arange(2000)
+    identity = init_params(ModelSpec(Task.identity, 5, 2), 0, instances)
+    assert identity["W"].shape == (2000, 2, 5)
+    assert abs(identity["W"].std().item() - math.sqrt(2 / 7)) < 0.01
+    assert torch.count_nonzero(identity["b_final"]) == 0
+    absolute = init_params(ModelSpec(Task.abs, 20, 8), 0, torch.arange(200))
+    bound1, bound2 = math.sqrt(6 / 20), math.sqrt(6 / 8)
+    assert absolute["W1"].abs().max() <= bound1 and absolute["W1"].abs().max() > 0.98 * bound1
+    assert absolute["W2"].abs().max() <= bound2 and absolute["W2"].abs().max() > 0.98 * bound2
+    # each instance's weights depend only on its own index
+    again = init_params(ModelSpec(Task.identity, 5, 2), 0, torch.tensor([1234]))
+    assert torch.equal(again["W"][0], identity["W"][1234])
+
+
+@pytest.mark.parametrize(
+    "kind, torch_optimizer",
+    [(Optimizer.adam, torch.optim.Adam), (Optimizer.adamw, torch.optim.AdamW)],
+)
+def test_instance_adam_matches_torch(kind, torch_optimizer):
+    torch.manual_seed(0)
+    start = torch.randn(3, 4, 5)
+    ours = start.clone().requires_grad_(True)
+    theirs = start.clone().requires_grad_(True)
+    optimizer = InstanceAdam([ours], kind, weight_decay=0.01)
+    reference = torch_optimizer([theirs], lr=0.01, weight_decay=0.01)
+    alive = torch.ones(3, dtype=torch.bool)
+    for step in range(20):
+        target = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(step))
+        for p in (ours, theirs):
+            p.grad = None
+            ((p - target) ** 2).sum().backward()
+        optimizer.step(0.01, alive)
+        reference.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_instance_keeps_its_parameters():
+    p = torch.ones(3, 2, requires_grad=True)
+    optimizer = InstanceAdam([p])
+    p.grad = torch.tensor([[1.0, 1.0], [float("nan"), 1.0], [1.0, 1.0]])
+    optimizer.step(0.1, torch.tensor([True, False, True]))
+    assert torch.equal(p[1], torch.ones(2))
+    assert (p[0] < 1).all() and (p[2] < 1).all()
+
+
+def test_learning_rate_schedules():
+    assert learning_rate(1.0, LRSchedule.constant, 50, 100) == 1.0
+    assert learning_rate(1.0, LRSchedule.linear, 25, 100) == 0.75
+    assert learning_rate(1.0, LRSchedule.cosine, 0, 100) == 1.0
+    assert learning_rate(1.0, LRSchedule.cosine, 50, 100) == pytest.approx(0.5)

@@ -1,0 +1,81 @@
+"""The counter-based random numbers and the batch sampler."""
+
+import math
+
+import pytest
+import torch
+
+from superposition import rng
+from superposition.config import Task
+from superposition.data import BatchSampler, features_from_uniform
+
+
+def test_tensor_hash_matches_the_python_reference():
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 0xDEADBEEF, 987654321]
+    as_int32 = torch.tensor([v - 2**32 if v >= 2**31 else v for v in values], dtype=torch.int32)
+    hashed = rng.hash32(as_int32).tolist()
+    assert [h & 0xFFFFFFFF for h in hashed] == [rng.hash32_int(v) for v in values]
+
+
+def test_hash_is_a_bijection_on_a_block():
+    x = torch.arange(-(2**20), 2**20, dtype=torch.int32)
+    assert torch.unique(rng.hash32(x)).numel() == x.numel()
+
+
+def test_uniforms_lie_in_the_open_interval_with_uniform_moments():
+    keys = rng.instance_keys(0, 1, torch.arange(4))
+    u = rng.UniformStream(keys, 4096, 64).block(7)
+    assert u.shape == (4, 4096, 64)
+    assert 0 < u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 2e-3
+    assert abs(u.var().item() - 1 / 12) < 1e-3
+    # streams of different instances and steps are uncorrelated
+    flat = u.view(4, -1)
+    corr = torch.corrcoef(flat)
+    assert (corr - torch.eye(4)).abs().max() < 0.01
+    other_step = rng.UniformStream(keys, 4096, 64).block(8).view(4, -1)
+    assert abs(torch.corrcoef(torch.stack([flat[0], other_step[0]]))[0, 1]) < 0.01
+
+
+def test_streams_do_not_depend_on_which_instances_are_drawn_together():
+    everything = BatchSampler(Task.identity, 3, torch.arange(10), torch.full((10,), 0.5), 32, 5)
+    some = BatchSampler(Task.identity, 3, torch.tensor([7, 2]), torch.full((2,), 0.5), 32, 5)
+    assert torch.equal(everything(11)[[7, 2]], some(11))
+    assert not torch.equal(everything(11), everything(12))
+
+
+def test_features_from_uniform_by_hand():
+    u = torch.tensor([[[0.05, 0.2, 0.09]]])
+    p = torch.tensor([0.1])
+    identity = features_from_uniform(u, p, Task.identity)
+    torch.testing.assert_close(identity, torch.tensor([[[0.5, 0.0, 0.9]]]))
+    absolute = features_from_uniform(u, p, Task.abs)
+    torch.testing.assert_close(absolute, torch.tensor([[[0.0, 0.0, 0.8]]]))
+
+
+@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+def test_sampler_marginals_match_the_course_distribution(task):
+    probabilities = torch.tensor([1.0, 0.3, 0.05])
+    sampler = BatchSampler(task, 0, torch.arange(3), probabilities, 1 << 16, 8)
+    x = sampler(0)
+    active = x != 0
+    n = active[0].numel()
+    for i, p in enumerate(probabilities.tolist()):
+        freq = active[i].float().mean().item()
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-6
+        values = x[i][active[i]]
+        if task == Task.identity:
+            assert 0 < values.min() and values.max() < 1
+            assert abs(values.mean().item() - 0.5) < 0.01
+            assert abs(values.var().item() - 1 / 12) < 0.005
+        else:
+            assert -1 < values.min() and values.max() < 1
+            assert abs(values.mean().item()) < 0.01
+            assert abs(values.var().item() - 1 / 3) < 0.01
+    # features are independent: co-occurrence of two features is p**2
+    p = probabilities[1].item()
+    both = (active[1, :, 0] & active[1, :, 1]).float().mean().item()
+    assert abs(both - p * p) < 4 * math.sqrt(p * p / n)
+    # all-zero rows at p = 0.05 and 8 features happen with probability 0.95**8
+    empty = (~active[2]).all(dim=1).float().mean().item()
+    assert abs(empty - 0.95**8) < 0.01
