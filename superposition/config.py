@@ -76,8 +76,10 @@ class TrainConfig:
     log_every: int = 50
     # instances trained at once; 0 = as many as the memory budget allows
     chunk_size: int = 0
-    # memory for one chunk of instances, in MiB; 0 = most of what the device has free
+    # memory for one chunk of instances, in MiB; 0 = half of what the device has free
     memory_budget_mb: float = 0.0
+    # steps between checkpoints in the output directory; 0 = only when the job is told to stop
+    checkpoint_every: int = 1000
 
 
 @dataclass
@@ -162,6 +164,10 @@ def validate(cfg: Config) -> None:
     _require(
         cfg.train.memory_budget_mb >= 0,
         f"train.memory_budget_mb must be >= 0 (0 = automatic), got {cfg.train.memory_budget_mb}",
+    )
+    every = cfg.train.checkpoint_every
+    _require(
+        every >= 0, f"train.checkpoint_every must be >= 0 (0 = only on a stop signal), got {every}"
     )
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
     _require(cfg.wandb.log_every >= 1, f"wandb.log_every must be >= 1, got {cfg.wandb.log_every}")

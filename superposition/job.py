@@ -7,13 +7,22 @@ from pathlib import Path
 
 import torch
 
-from superposition.config import Config
+from superposition.checkpoint import Checkpointer, fingerprint
+from superposition.config import Config, ConfigError
 from superposition.device import resolve_device
 from superposition.evaluate import evaluate_grid
 from superposition.grid import InstanceGrid, sparsity_grid
 from superposition.metrics import level_metrics
 from superposition.model import ModelSpec
-from superposition.outputs import HISTORY, RESULTS, WEIGHTS, json_safe, write_json, write_tensors
+from superposition.outputs import (
+    HISTORY,
+    RESULTS,
+    WEIGHTS,
+    json_safe,
+    read_results,
+    write_json,
+    write_tensors,
+)
 from superposition.plots import PLOTS_DIR, RunData, draw_run
 from superposition.select import Selection, gather_best, select_best
 from superposition.track import Tracker
@@ -36,6 +45,23 @@ def build_grid(config: Config) -> InstanceGrid:
         config.importance.decay,
         config.train.restarts,
     )
+
+
+def config_fingerprint(config: Config) -> str:
+    """Fingerprint of the values that decide a run's results (not where or how fast it runs)."""
+    values = asdict(config)
+    for key in ("wandb", "device"):
+        values.pop(key)
+    for key in ("chunk_size", "memory_budget_mb", "checkpoint_every"):
+        values["train"].pop(key)
+    return fingerprint(values)
+
+
+def finished_results(out_dir: Path) -> dict | None:
+    try:
+        return read_results(out_dir)
+    except FileNotFoundError:
+        return None
 
 
 def results_summary(
@@ -61,6 +87,7 @@ def results_summary(
             }
         )
     return {
+        "config_fingerprint": config_fingerprint(config),
         "task": config.task.value,
         "n_features": config.model.n_features,
         "d_hidden": config.model.d_hidden,
@@ -92,9 +119,23 @@ def run_job(
     tracked_config is what W&B records as the run's config (the resolved Hydra config).
     """
     out_dir = Path(out_dir)
+    run_fingerprint = config_fingerprint(config)
+    finished = finished_results(out_dir)
+    if finished is not None:
+        if finished.get("config_fingerprint") != run_fingerprint:
+            raise ConfigError(
+                f"{out_dir} holds a finished run of another config; "
+                "choose another output directory (hydra.run.dir=...)"
+            )
+        print(f"already finished, not trained again: results in {out_dir}")
+        return finished
     device = resolve_device(config.device)
     spec = model_spec(config)
     grid = build_grid(config)
+    checkpointer = Checkpointer(out_dir, run_fingerprint, config.train.checkpoint_every)
+    saved = checkpointer.load()
+    if saved is not None:
+        print(f"resuming from {checkpointer.path}")
     tracker = Tracker.start(
         config=tracked_config if tracked_config is not None else asdict(config),
         out_dir=out_dir,
@@ -104,9 +145,11 @@ def run_job(
         group=config.wandb.group or group,
         name=run_name,
         job_type=config.task.value,
+        resume_id=checkpointer.meta.get("wandb_run_id"),
     )
+    checkpointer.meta["wandb_run_id"] = tracker.run_id
     with tracker:
-        trained = train_grid(spec, grid, config.train, config.seed, device)
+        trained = train_grid(spec, grid, config.train, config.seed, device, checkpointer, saved)
         eval_loss = evaluate_grid(
             spec, trained.params, grid, config.seed, config.eval.batch_size, device
         )
@@ -126,6 +169,7 @@ def run_job(
         write_tensors(out_dir / HISTORY, history_tensors)
         draw_run(RunData(json_safe(results), best, history_tensors), out_dir / PLOTS_DIR)
         write_json(out_dir / RESULTS, results)
+        checkpointer.remove()
 
         tracker.log_history(
             trained.history_steps,
@@ -134,4 +178,15 @@ def run_job(
             config.wandb.log_every,
         )
         tracker.log_results(results, out_dir)
+    print_summary(results, out_dir)
     return results
+
+
+def print_summary(results: dict, out_dir: Path) -> None:
+    best = ", ".join(
+        f"p={level['feature_probability']:g}: "
+        + (f"{level['eval_loss']:.4g}" if level["eval_loss"] is not None else "none finite")
+        for level in results["levels"]
+    )
+    print(f"best eval loss per level: {best}")
+    print(f"results written to {out_dir}")

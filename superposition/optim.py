@@ -62,4 +62,15 @@ class InstanceAdam:
             p.copy_(torch.where(keep, p - lr * update, p))
 
     def state_dict(self) -> dict:
-        return {"t": self.t, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+        return {
+            "t": self.t,
+            "exp_avg": [m.detach().cpu() for m in self.exp_avg],
+            "exp_avg_sq": [v.detach().cpu() for v in self.exp_avg_sq],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = state["t"]
+        for mine, saved in zip(
+            self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"], strict=True
+        ):
+            mine.copy_(saved)

@@ -12,10 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-# outputs.RESULTS and outputs.WEIGHTS, spelled out so that the error path imports neither torch
-# nor matplotlib and answers at once (tests check they agree)
-RESULTS = "results.json"
-WEIGHTS = "weights.safetensors"
+from superposition.outputs import RESULTS, WEIGHTS
+from superposition.plots import draw_all
+
 EXPECTED = f"the output directory of a finished run, holding {RESULTS} and {WEIGHTS}"
 
 
@@ -46,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from superposition.plots import draw_all  # matplotlib only once there is something to draw
-
     for path in draw_all(args.output_dir):
         print(path)
     return 0

@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from superposition.checkpoint import TrainingInterrupted
 from superposition.config import Config, ConfigError, register_configs, validate
 from superposition.device import resolve_device
 from superposition.job import run_job
@@ -69,21 +70,13 @@ def hydra_main(cfg: DictConfig) -> None:
     if hydra_config.mode == RunMode.MULTIRUN:
         name = f"{hydra_config.job.num}_{name}"
         group = "_".join(Path(hydra_config.sweep.dir).parts[-2:])
-    results = run_job(
+    run_job(
         config,
         out_dir,
         run_name=name,
         group=group,
         tracked_config=OmegaConf.to_container(cfg, resolve=True),
     )
-    best = ", ".join(
-        f"p={level['feature_probability']:g}: {level['eval_loss']:.4g}"
-        if level["eval_loss"] is not None
-        else f"p={level['feature_probability']:g}: none finite"
-        for level in results["levels"]
-    )
-    print(f"best eval loss per level: {best}")
-    print(f"results written to {out_dir}")
 
 
 def main() -> None:
@@ -95,6 +88,9 @@ def main() -> None:
     except USER_ERRORS as err:
         print(f"error: {describe_user_error(err)}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
 
 
 if __name__ == "__main__":

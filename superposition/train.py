@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Annotated
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from superposition.checkpoint import Checkpointer, StopSignals
 from superposition.config import TrainConfig
 from superposition.data import BatchSampler
 from superposition.device import plan_chunk_size
@@ -72,85 +74,171 @@ class _LossReadout:
         return self.shown
 
 
-def train_chunk(
-    spec: ModelSpec,
-    cfg: TrainConfig,
-    seed: int,
-    instances: Annotated[Tensor, "instance"],
-    probability: Annotated[Tensor, "instance"],
-    importance: Annotated[Tensor, "instance feature"],
-    progress: tqdm | None = None,
-) -> tuple[dict[str, Tensor], Annotated[Tensor, "log instance"], Annotated[Tensor, "instance"]]:
-    """Train the given global instances from their initial weights for cfg.steps steps."""
-    device = instances.device
-    params = init_params(spec, seed, instances)
-    for p in params.values():
-        p.requires_grad_(True)
-    sampler = BatchSampler(spec.task, seed, instances, probability, cfg.batch_size, spec.n_features)
-    optimizer = InstanceAdam(list(params.values()), cfg.optimizer, cfg.weight_decay)
-    alive = torch.ones(instances.shape[0], dtype=torch.bool, device=device)
-    logged = history_steps(cfg.steps, cfg.log_every)
-    history = torch.empty(len(logged), instances.shape[0], device=device)
-    readout = _LossReadout(device)
-    next_log = 0
-    for step in range(cfg.steps):
-        x = sampler(step)
-        loss = loss_per_instance(forward(spec, params, x), target_of(spec, x), importance)
-        alive &= torch.isfinite(loss)
-        for p in params.values():
+class ChunkRun:
+    """Training of one chunk of instances, one step at a time, with a state that can be saved."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        cfg: TrainConfig,
+        seed: int,
+        instances: Annotated[Tensor, "instance"],
+        probability: Annotated[Tensor, "instance"],
+        importance: Annotated[Tensor, "instance feature"],
+        saved: dict | None = None,
+    ):
+        device = instances.device
+        self.spec, self.cfg, self.importance = spec, cfg, importance
+        self.start = int(instances[0])
+        self.sampler = BatchSampler(
+            spec.task, seed, instances, probability, cfg.batch_size, spec.n_features
+        )
+        self.logged = history_steps(cfg.steps, cfg.log_every)
+        if saved is None:
+            self.params = init_params(spec, seed, instances)
+            self.alive = torch.ones(instances.shape[0], dtype=torch.bool, device=device)
+            n_logs = len(self.logged)
+            self.history = torch.full((n_logs, instances.shape[0]), torch.nan, device=device)
+            self.step = 0
+        else:
+            self.params = {k: v.to(device) for k, v in saved["params"].items()}
+            self.alive = saved["alive"].to(device)
+            self.history = saved["history"].to(device)
+            self.step = saved["step"]
+        for p in self.params.values():
+            p.requires_grad_(True)
+        self.optimizer = InstanceAdam(list(self.params.values()), cfg.optimizer, cfg.weight_decay)
+        if saved is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.next_log = sum(1 for s in self.logged if s < self.step)
+
+    def advance(self) -> Annotated[Tensor, "instance"] | None:
+        """One optimiser step; returns the losses when this step is one that is recorded."""
+        step, cfg = self.step, self.cfg
+        x = self.sampler(step)
+        loss = loss_per_instance(
+            forward(self.spec, self.params, x), target_of(self.spec, x), self.importance
+        )
+        self.alive &= torch.isfinite(loss)
+        for p in self.params.values():
             p.grad = None
-        torch.where(alive, loss, 0.0).sum().backward()
-        optimizer.step(learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps), alive)
-        if step == logged[next_log]:
-            history[next_log] = loss.detach()
-            next_log += 1
-            if progress is not None:
-                shown = readout.push(loss)
-                if shown is not None:
-                    progress.set_postfix(loss=f"{shown:.4g}", refresh=False)
-        if progress is not None:
-            progress.update(1)
-    trained = {name: p.detach() for name, p in params.items()}
-    return trained, history, alive
+        torch.where(self.alive, loss, 0.0).sum().backward()
+        self.optimizer.step(learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps), self.alive)
+        self.step += 1
+        if step == self.logged[self.next_log]:
+            self.history[self.next_log] = loss.detach()
+            self.next_log += 1
+            return loss
+        return None
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.cfg.steps
+
+    def state_dict(self) -> dict:
+        return {
+            "start": self.start,
+            "step": self.step,
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "alive": self.alive.cpu(),
+            "history": self.history.cpu(),
+        }
+
+    def outcome(self) -> dict:
+        return {
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "history": self.history.cpu(),
+            "finite": self.alive.cpu(),
+        }
+
+
+def _join(outcomes: list[dict]) -> dict:
+    return {
+        "params": {k: torch.cat([o["params"][k] for o in outcomes]) for k in outcomes[0]["params"]},
+        "history": torch.cat([o["history"] for o in outcomes], dim=1),
+        "finite": torch.cat([o["finite"] for o in outcomes]),
+    }
 
 
 def train_grid(
-    spec: ModelSpec, grid: InstanceGrid, cfg: TrainConfig, seed: int, device: torch.device
+    spec: ModelSpec,
+    grid: InstanceGrid,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    checkpointer: Checkpointer | None = None,
+    saved: dict | None = None,
 ) -> TrainResult:
     """Train all instances of the grid, chunked over the instance axis when memory is short.
 
     Every instance's data and initial weights come from its own random stream, so the result does
-    not depend on the chunk size.
+    not depend on the chunk size. `saved` is a state from `checkpointer.load()` to go on from.
+    With a checkpointer, a checkpoint is saved every `checkpointer.every` steps, and on SIGTERM,
+    SIGUSR2 or SIGINT one is saved before training stops (see checkpoint.StopSignals).
     """
     n = grid.n_instances
-    chunk = plan_chunk_size(spec, n, cfg.batch_size, device, cfg.chunk_size, cfg.memory_budget_mb)
+    if saved is not None:
+        chunk = saved["chunk_size"]
+        finished = [saved["finished"]] if saved["finished"] is not None else []
+        current = saved["current"]
+        seconds_before = saved["seconds"]
+    else:
+        chunk = plan_chunk_size(
+            spec, n, cfg.batch_size, device, cfg.chunk_size, cfg.memory_budget_mb
+        )
+        finished, current, seconds_before = [], None, 0.0
     probability = grid.instance_probability().to(device)
     importance = grid.instance_importance().to(device)
     n_chunks = -(-n // chunk)
-    pieces: list[dict[str, Tensor]] = []
-    histories, finite = [], []
+    n_done = sum(o["finite"].shape[0] for o in finished)
     start_time = time.perf_counter()
-    with tqdm(
-        total=cfg.steps * n_chunks,
-        desc=f"train {n} instances" + (f" in {n_chunks} chunks" if n_chunks > 1 else ""),
-        unit="step",
-        mininterval=0.5,
-        dynamic_ncols=True,
-    ) as progress:
-        for start in range(0, n, chunk):
+
+    def snapshot(run: ChunkRun | None) -> dict:
+        return {
+            "chunk_size": chunk,
+            "seconds": seconds_before + time.perf_counter() - start_time,
+            "finished": _join(finished) if finished else None,
+            "current": run.state_dict() if run is not None else None,
+        }
+
+    readout = _LossReadout(device)
+    stop_signals = StopSignals() if checkpointer is not None else contextlib.nullcontext()
+    with (
+        stop_signals as stop,
+        tqdm(
+            total=cfg.steps * n_chunks,
+            initial=cfg.steps * (n_done // chunk) + (current["step"] if current else 0),
+            desc=f"train {n} instances" + (f" in {n_chunks} chunks" if n_chunks > 1 else ""),
+            unit="step",
+            mininterval=0.5,
+            dynamic_ncols=True,
+        ) as progress,
+    ):
+        for start in range(n_done, n, chunk):
             instances = torch.arange(start, min(start + chunk, n), device=device)
-            params, history, alive = train_chunk(
-                spec, cfg, seed, instances, probability[instances], importance[instances], progress
+            resume = current if current is not None and current["start"] == start else None
+            run = ChunkRun(
+                spec, cfg, seed, instances, probability[instances], importance[instances], resume
             )
-            pieces.append({k: v.cpu() for k, v in params.items()})
-            histories.append(history.cpu())
-            finite.append(alive.cpu())
-    seconds = time.perf_counter() - start_time
+            while not run.done:
+                loss = run.advance()
+                progress.update(1)
+                if loss is not None:
+                    shown = readout.push(loss)
+                    if shown is not None:
+                        progress.set_postfix(loss=f"{shown:.4g}", refresh=False)
+                if checkpointer is not None and (checkpointer.due(run.step) or stop.received):
+                    checkpointer.save(snapshot(run))
+                    if stop.received:
+                        stop.stop(checkpointer.path)
+            finished.append(run.outcome())
+    joined = _join(finished)
     return TrainResult(
-        params={k: torch.cat([piece[k] for piece in pieces]) for k in pieces[0]},
+        params=joined["params"],
         history_steps=history_steps(cfg.steps, cfg.log_every),
-        loss_history=torch.cat(histories, dim=1),
-        finite=torch.cat(finite),
-        seconds=seconds,
+        loss_history=joined["history"],
+        finite=joined["finite"],
+        seconds=seconds_before + time.perf_counter() - start_time,
         chunk_size=chunk,
     )

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from superposition import outputs, plot, plots
+from superposition import plot, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,10 +174,6 @@ def test_plot_cli_reports_a_missing_results_file(tmp_path, capsys):
         "finished run, holding results.json and weights.safetensors"
     )
     assert list(tmp_path.iterdir()) == []  # nothing written
-
-
-def test_plot_cli_names_the_files_outputs_writes():
-    assert (plot.RESULTS, plot.WEIGHTS) == (outputs.RESULTS, outputs.WEIGHTS)
 
 
 def test_plot_cli_exit_status_in_a_subprocess(tmp_path):

@@ -1,0 +1,135 @@
+"""Checkpoints of a training job, and stopping cleanly when the job is told to.
+
+A checkpoint holds everything the trainer needs to go on exactly where it stopped: parameters,
+optimiser moments, the step, the loss record, the finished chunks. The random numbers need no state:
+they are a function of the step (see rng.py). A checkpoint carries the fingerprint of the config
+that wrote it and is refused by any other config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from superposition.config import ConfigError
+from superposition.outputs import write_atomically
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+# SIGUSR2: what submitit asks SLURM to send before the time limit; SIGTERM: preemption, `kill`
+STOP_SIGNALS = ("SIGTERM", "SIGUSR2", "SIGINT")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used; the message says which file and what to do."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped at a step boundary after saving a checkpoint."""
+
+    def __init__(self, signum: int, path: Path):
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name}; checkpoint saved to {path}; run the same command with the same "
+            "output directory to resume"
+        )
+
+
+def fingerprint(payload: dict) -> str:
+    """A short stable hash of the config values that decide the training result."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Checkpointer:
+    """Saves and loads `out_dir/checkpoint.pt` for one config."""
+
+    def __init__(self, out_dir: Path, config_fingerprint: str, every: int):
+        self.path = Path(out_dir) / CHECKPOINT
+        self.fingerprint = config_fingerprint
+        self.every = every
+        self.meta: dict[str, Any] = {}  # stored beside the state, e.g. the W&B run id
+
+    def load(self) -> dict | None:
+        """The saved state, None if there is none; CheckpointError if it is not ours or broken."""
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            ok = isinstance(saved, dict) and saved.get("format") == FORMAT and "state" in saved
+        except Exception as err:  # any unreadable file: report, never use
+            raise CheckpointError(
+                f"checkpoint {self.path} is unreadable ({type(err).__name__}); "
+                "delete it to start this run over"
+            ) from err
+        if not ok:
+            raise CheckpointError(
+                f"checkpoint {self.path} is not a superposition checkpoint of format {FORMAT}; "
+                "delete it to start this run over"
+            )
+        if saved.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written by another config "
+                f"(fingerprint {saved.get('fingerprint')}, this config {self.fingerprint}); "
+                "use another output directory or delete the checkpoint"
+            )
+        self.meta = dict(saved.get("meta") or {})
+        return saved["state"]
+
+    def save(self, state: dict) -> None:
+        payload = {"format": FORMAT, "fingerprint": self.fingerprint, "meta": self.meta}
+        payload["state"] = state
+        write_atomically(self.path, lambda tmp: torch.save(payload, tmp))
+
+    def due(self, steps_done: int) -> bool:
+        return self.every > 0 and steps_done % self.every == 0
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class StopSignals:
+    """While active, SIGTERM, SIGUSR2 and SIGINT only raise a flag; the trainer checks it at every
+    step boundary, saves a checkpoint and calls `stop`.
+
+    `stop` hands the signal to the handler that was there before (submitit's, which requeues the
+    job on SLURM); where that was the default action, it raises TrainingInterrupted instead.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                signum = getattr(signal, name, None)
+                if signum is not None:
+                    self._previous[signum] = signal.signal(signum, self._raise_flag)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _raise_flag(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def stop(self, checkpoint_path: Path) -> None:
+        """Act on the received signal, now that a checkpoint is saved."""
+        signum, self.received = self.received, None
+        previous = self._previous.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            handler: Callable[[int, Any], Any] = previous
+            handler(signum, None)  # submitit: requeue and exit; if it returns, training goes on
+            return
+        raise TrainingInterrupted(signum, checkpoint_path)
