@@ -56,7 +56,6 @@ class Checkpointer:
         self.path = Path(out_dir) / CHECKPOINT
         self.fingerprint = config_fingerprint
         self.every = every
-        self.meta: dict[str, Any] = {}  # stored beside the state, e.g. the W&B run id
 
     def load(self) -> dict | None:
         """The saved state, None if there is none; CheckpointError if it is not ours or broken."""
@@ -81,12 +80,10 @@ class Checkpointer:
                 f"(fingerprint {saved.get('fingerprint')}, this config {self.fingerprint}); "
                 "use another output directory or delete the checkpoint"
             )
-        self.meta = dict(saved.get("meta") or {})
         return saved["state"]
 
     def save(self, state: dict) -> None:
-        payload = {"format": FORMAT, "fingerprint": self.fingerprint, "meta": self.meta}
-        payload["state"] = state
+        payload = {"format": FORMAT, "fingerprint": self.fingerprint, "state": state}
         write_atomically(self.path, lambda tmp: torch.save(payload, tmp))
 
     def due(self, steps_done: int) -> bool:

@@ -145,9 +145,9 @@ def run_job(
         group=config.wandb.group or group,
         name=run_name,
         job_type=config.task.value,
-        resume_id=checkpointer.meta.get("wandb_run_id"),
+        # fixed per output directory and config, so a restarted job continues the same W&B run
+        resume_id=fingerprint({"out_dir": str(out_dir.resolve()), "config": run_fingerprint})[:12],
     )
-    checkpointer.meta["wandb_run_id"] = tracker.run_id
     with tracker:
         trained = train_grid(spec, grid, config.train, config.seed, device, checkpointer, saved)
         eval_loss = evaluate_grid(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -13,6 +14,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from superposition.checkpoint import TrainingInterrupted
 from superposition.config import Config, ConfigError, register_configs, validate
@@ -62,6 +64,21 @@ def describe_user_error(err: BaseException) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        # a submitit job: say in its own log why it failed, not only in the submitter's output
+        try:
+            run_configured(cfg)
+        except USER_ERRORS as err:
+            print(f"error: {describe_user_error(err)}", file=sys.stderr)
+            raise
+        except Exception:
+            traceback.print_exc()
+            raise
+    else:
+        run_configured(cfg)
+
+
+def run_configured(cfg: DictConfig) -> None:
     config = to_config(cfg)
     hydra_config = HydraConfig.get()
     out_dir = Path(hydra_config.runtime.output_dir)
@@ -91,6 +108,10 @@ def main() -> None:
     except TrainingInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(128 + err.signum)
+    except (FailedJobError, UncompletedJobError) as err:
+        # the cluster refused a job or one ended without a result (cancelled, killed)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,247 @@
+"""Multiruns submitted to a real SLURM cluster through `cluster=slurm` (hydra-submitit-launcher).
+
+Needs a running cluster: `bash scripts/slurm_up.sh` starts a one-node one on this machine (CI does).
+Without one, every test here is skipped with that reason. The jobs ask for no GPU, one CPU and
+1 GB each, so that they fit on a small machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from wandb_offline import offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_STATES = {"idle", "mixed", "allocated", "completing"}
+TINY = [
+    "model.n_features=6",
+    "train.steps=30",
+    "train.restarts=2",
+    "eval.batch_size=1024",
+    "sweep.feature_probability=[1.0,0.1]",
+]
+# what a job asks of the one-node development cluster (no GPU there)
+SMALL_JOBS = [
+    "cluster=slurm",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
+
+
+def slurm_problem() -> str | None:
+    """Why no SLURM cluster can take jobs here, or None when one can."""
+    if shutil.which("sinfo") is None:
+        return "sinfo not found"
+    try:
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=5
+        )
+    except subprocess.TimeoutExpired:
+        return "sinfo gave no answer in 5 s"
+    if done.returncode != 0:
+        return f"sinfo failed: {' '.join(done.stderr.split())}"
+    if not set(done.stdout.split()) & READY_STATES:
+        return f"no node idle or mixed; node states: {' '.join(done.stdout.split()) or 'none'}"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    problem = slurm_problem()
+    if problem:
+        pytest.skip(f"SLURM is not running ({problem}): start it with bash scripts/slurm_up.sh")
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The submitter's environment, which sbatch hands on to the jobs: W&B kept in tmp_path."""
+    home = tmp_path / "wandb_home"
+    env = {
+        **os.environ,
+        "WANDB_SILENT": "true",
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_DATA_DIR": str(home / "data"),
+    }
+    env.pop("WANDB_MODE", None)
+    env.pop("SLURM_PARTITION", None)  # the development cluster's default partition
+    return env
+
+
+def multirun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "superposition.run", "-m", *args],
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    """The jobs' output directories, in job order."""
+    dirs = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name.split("_", 1)[0]))
+
+
+def array_id(sweep: Path) -> str:
+    """The SLURM id of the multirun's job array, read from submitit's folder."""
+    (submission,) = (sweep / ".submitit").glob("*/*_submission.sh")
+    return submission.parent.name
+
+
+def sacct_states(job_id: str) -> dict[str, str]:
+    """{job or array task id: state} as SLURM's accounting has it."""
+    done = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(line.split("|", 1) for line in done.stdout.split())
+
+
+def wait_for_states(job_id: str, count: int, timeout: float = 30) -> dict[str, str]:
+    """sacct's states once `count` jobs are recorded as finished (it may lag a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = sacct_states(job_id)
+        finished = [s for s in states.values() if s not in {"PENDING", "RUNNING", "REQUEUED"}]
+        if len(finished) >= count or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
+def test_sweep_runs_as_a_slurm_job_array(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = multirun(
+        tmp_path,
+        "task=identity,abs",
+        "model.d_hidden=2,3",
+        *TINY,
+        *SMALL_JOBS,
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Submitit 'slurm' sweep output dir" in done.stdout + done.stderr
+
+    # submitted with sbatch as one array of four tasks, each with its pickles and logs
+    array = array_id(sweep)
+    script = (sweep / ".submitit" / array / f"{array}_submission.sh").read_text()
+    assert re.search(r"^#SBATCH --array=0-3%\d+$", script, re.M), script
+    assert "#SBATCH --gpus-per-node=0" in script
+    assert f"srun --unbuffered --output {sweep}/.submitit/" in script
+    for task in range(4):
+        folder = sweep / ".submitit" / f"{array}_{task}"
+        assert (folder / f"{array}_{task}_submitted.pkl").is_file()
+        assert (folder / f"{array}_{task}_0_result.pkl").is_file()
+        log = (folder / f"{array}_{task}_0_log.out").read_text()
+        assert f"JobEnvironment(job_id={array}_{task}," in log
+        assert "Job completed successfully" in log
+    states = wait_for_states(array, 4)
+    assert states == {f"{array}_{task}": "COMPLETED" for task in range(4)}
+
+    # every job wrote its results in its own directory under the sweep directory
+    dirs = job_dirs(sweep)
+    expected = [("identity", 2), ("identity", 3), ("abs", 2), ("abs", 3)]
+    assert len(dirs) == len(expected)
+    for job_dir, (task, d_hidden) in zip(dirs, expected, strict=True):
+        results = json.loads((job_dir / "results.json").read_text())
+        assert (results["task"], results["d_hidden"], results["n_features"]) == (task, d_hidden, 6)
+        assert [lv["feature_probability"] for lv in results["levels"]] == [1.0, 0.1]
+        assert (job_dir / "weights.safetensors").is_file()
+
+    # the offline W&B runs of all jobs share one group: the sweep directory's last two parts
+    runs = [read_offline_run(offline_runs(job_dir)[-1])["run"] for job_dir in dirs]
+    assert {run["run_group"] for run in runs} == {f"{sweep.parent.name}_{sweep.name}"}
+    assert [run["display_name"] for run in runs] == [
+        f"{num}_{task}_6to{d_hidden}" for num, (task, d_hidden) in enumerate(expected)
+    ]
+
+
+def test_a_failing_job_fails_the_sweep_and_the_others_finish(tmp_path):
+    sweep = tmp_path / "sweep"
+    # train.restarts=0 passes composition and is refused by the job itself, on the cluster
+    done = multirun(
+        tmp_path,
+        "task=identity",
+        *TINY,
+        "train.restarts=2,0",
+        *SMALL_JOBS,
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error: train.restarts must be >= 1, got 0" in done.stderr
+    assert re.search(r"Error executing job with overrides: \[.*'train.restarts=0'", done.stderr)
+
+    ok, failed = job_dirs(sweep)
+    assert (ok / "results.json").is_file() and (ok / "weights.safetensors").is_file()
+    assert not (failed / "results.json").exists()
+    array = array_id(sweep)
+    assert (sweep / ".submitit" / f"{array}_1" / f"{array}_1_0_result.pkl").is_file()
+
+
+def test_a_signalled_job_is_requeued_and_finishes(tmp_path):
+    """SIGUSR2 is what SLURM sends `signal_delay_s` before the time limit (and what submitit
+    treats as preemption): submitit requeues the job, which runs again in the same directory."""
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "superposition.run",
+        "-m",
+        "task=identity",
+        *TINY,
+        "train.steps=600",
+        *SMALL_JOBS,
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    with subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            # the job has started once Hydra made its output directory (submitit's signal
+            # handlers are in place before that)
+            deadline = time.monotonic() + 120
+            while not list(sweep.glob("0_*/.hydra")):
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the job did not start within 120 s"
+                time.sleep(0.2)
+            job = array_id(sweep)
+            subprocess.run(["scancel", f"--signal={signal.SIGUSR2.name[3:]}", job], check=True)
+            stdout, stderr = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, stdout + stderr
+
+    log = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
+    assert "Caught signal SIGUSR2" in log
+    assert f"Requeued job {job}" in log
+    assert log.count(f"JobEnvironment(job_id={job},") == 2  # started twice
+    assert "Job completed successfully" in log
+    (job_dir,) = job_dirs(sweep)
+    assert json.loads((job_dir / "results.json").read_text())["steps"] == 600
+    assert wait_for_states(job, 1) == {job: "COMPLETED"}
