@@ -48,6 +48,11 @@ def validate_single_run(args: list[str]) -> None:
         return
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         to_config(compose("config", overrides=args))
+    if any(arg.startswith("cluster=") for arg in args):
+        print(
+            "warning: cluster= applies to multiruns (-m); this single run stays in this process",
+            file=sys.stderr,
+        )
 
 
 def describe_user_error(err: BaseException) -> str:

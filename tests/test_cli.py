@@ -66,8 +66,10 @@ def test_run_writes_the_output_contract(tmp_path, task, extra, weight_shapes):
 def test_same_seed_reproduces_the_weights(tmp_path):
     args = ["task=identity", "sweep.feature_probability=[0.3]", *TINY]
     first = run_cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
-    second = run_cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
+    # cluster= is for multiruns: a single run says so and stays in this process, same result
+    second = run_cli(*args, "cluster=local", f"hydra.run.dir={tmp_path / 'b'}")
     assert first.returncode == 0 and second.returncode == 0
+    assert "warning: cluster= applies to multiruns (-m)" in second.stderr
     a = load_file(str(tmp_path / "a" / "weights.safetensors"))
     b = load_file(str(tmp_path / "b" / "weights.safetensors"))
     assert all((a[k] == b[k]).all() for k in a)
