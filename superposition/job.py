@@ -66,6 +66,7 @@ def finished_results(out_dir: Path) -> dict | None:
 
 def results_summary(
     config: Config,
+    run_fingerprint: str,
     grid: InstanceGrid,
     trained: TrainResult,
     selection: Selection,
@@ -87,7 +88,7 @@ def results_summary(
             }
         )
     return {
-        "config_fingerprint": config_fingerprint(config),
+        "config_fingerprint": run_fingerprint,
         "task": config.task.value,
         "n_features": config.model.n_features,
         "d_hidden": config.model.d_hidden,
@@ -162,7 +163,9 @@ def run_job(
         best = gather_best(trained.params, selection, grid.restarts)
         history = trained.loss_history.view(-1, grid.n_levels, grid.restarts)
         metrics = level_metrics(config.task.value, best, config.model.hidden_relu)
-        results = results_summary(config, grid, trained, selection, metrics, device)
+        results = results_summary(
+            config, run_fingerprint, grid, trained, selection, metrics, device
+        )
 
         history_tensors = {"steps": torch.tensor(trained.history_steps), "loss": history}
         write_tensors(out_dir / WEIGHTS, best)
