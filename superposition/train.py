@@ -11,12 +11,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from superposition.batches import DenseSampler, SparseSampler, make_samplers
 from superposition.checkpoint import Checkpointer, StopSignals
 from superposition.config import TrainConfig
-from superposition.data import BatchSampler
 from superposition.device import plan_chunk_size
+from superposition.gradients import Workspace, loss_and_gradients
 from superposition.grid import InstanceGrid
-from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
+from superposition.model import ModelSpec, init_params
 from superposition.optim import InstanceAdam, learning_rate
 
 
@@ -24,13 +25,15 @@ from superposition.optim import InstanceAdam, learning_rate
 class TrainResult:
     """Trained parameters (instance axis first, on the CPU) and the training-loss record.
 
-    finite is False where an instance's loss turned non-finite and the instance froze.
+    finite is False where an instance's loss or gradient turned non-finite and the instance froze.
+    sampler_overflows counts the batches that a sparse sampler cut at its capacity (batches.py).
     """
 
     params: dict[str, Tensor]
     history_steps: list[int]
     loss_history: Annotated[Tensor, "log instance"]
     finite: Annotated[Tensor, "instance"]
+    sampler_overflows: Annotated[Tensor, "instance"]
     seconds: float
     chunk_size: int
 
@@ -74,8 +77,40 @@ class _LossReadout:
         return self.shown
 
 
+@dataclass
+class _Group:
+    """Consecutive instances of a chunk that share a feature probability, so one sampler."""
+
+    part: slice
+    sampler: DenseSampler | SparseSampler
+    work: Workspace
+
+
+def _groups_of(
+    spec: ModelSpec,
+    batch_size: int,
+    seed: int,
+    instances: Annotated[Tensor, "instance"],
+    probability: list[float],
+) -> list[_Group]:
+    samplers = make_samplers(spec.task, seed, instances, probability, batch_size, spec.n_features)
+    return [
+        _Group(
+            part,
+            sampler,
+            Workspace(spec, part.stop - part.start, sampler.x.shape[1], instances.device),
+        )
+        for part, sampler in samplers
+    ]
+
+
 class ChunkRun:
-    """Training of one chunk of instances, one step at a time, with a state that can be saved."""
+    """Training of one chunk of instances, one step at a time, with a state that can be saved.
+
+    A step samples each group's batch, writes the hand-written gradients (gradients.py) into one
+    buffer per parameter, freezes instances whose gradient or loss is not finite, and takes an
+    Adam step. Nothing in it waits for the device.
+    """
 
     def __init__(
         self,
@@ -83,16 +118,14 @@ class ChunkRun:
         cfg: TrainConfig,
         seed: int,
         instances: Annotated[Tensor, "instance"],
-        probability: Annotated[Tensor, "instance"],
+        probability: list[float],
         importance: Annotated[Tensor, "instance feature"],
         saved: dict | None = None,
     ):
         device = instances.device
         self.spec, self.cfg, self.importance = spec, cfg, importance
         self.start = int(instances[0])
-        self.sampler = BatchSampler(
-            spec.task, seed, instances, probability, cfg.batch_size, spec.n_features
-        )
+        self.groups = _groups_of(spec, cfg.batch_size, seed, instances, probability)
         self.logged = history_steps(cfg.steps, cfg.log_every)
         if saved is None:
             self.params = init_params(spec, seed, instances)
@@ -105,31 +138,47 @@ class ChunkRun:
             self.alive = saved["alive"].to(device)
             self.history = saved["history"].to(device)
             self.step = saved["step"]
-        for p in self.params.values():
-            p.requires_grad_(True)
+        self.grads = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.optimizer = InstanceAdam(list(self.params.values()), cfg.optimizer, cfg.weight_decay)
         if saved is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
+            for group in self.groups:
+                group.sampler.overflows.copy_(saved["overflows"][group.part])
         self.next_log = sum(1 for s in self.logged if s < self.step)
 
     def advance(self) -> Annotated[Tensor, "instance"] | None:
         """One optimiser step; returns the losses when this step is one that is recorded."""
         step, cfg = self.step, self.cfg
-        x = self.sampler(step)
-        loss = loss_per_instance(
-            forward(self.spec, self.params, x), target_of(self.spec, x), self.importance
-        )
-        self.alive &= torch.isfinite(loss)
-        for p in self.params.values():
-            p.grad = None
-        torch.where(self.alive, loss, 0.0).sum().backward()
-        self.optimizer.step(learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps), self.alive)
+        logging = step == self.logged[self.next_log]
+        losses = []
+        for group in self.groups:
+            part = group.part
+            loss = loss_and_gradients(
+                self.spec,
+                {k: v[part] for k, v in self.params.items()},
+                group.sampler(step),
+                self.importance[part],
+                {k: v[part] for k, v in self.grads.items()},
+                group.work,
+                want_loss=logging,
+            )
+            losses.append(loss)
+        gradient_sum = sum(g.flatten(1).sum(dim=1) for g in self.grads.values())
+        self.alive &= torch.isfinite(gradient_sum)
+        loss = torch.cat(losses) if logging else None
+        if loss is not None:
+            self.alive &= torch.isfinite(loss)
+        lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
+        self.optimizer.step(lr, self.alive, list(self.grads.values()))
         self.step += 1
-        if step == self.logged[self.next_log]:
-            self.history[self.next_log] = loss.detach()
+        if loss is not None:
+            self.history[self.next_log] = loss
             self.next_log += 1
-            return loss
-        return None
+        return loss
+
+    @property
+    def overflows(self) -> Annotated[Tensor, "instance"]:
+        return torch.cat([group.sampler.overflows for group in self.groups])
 
     @property
     def done(self) -> bool:
@@ -143,6 +192,7 @@ class ChunkRun:
             "optimizer": self.optimizer.state_dict(),
             "alive": self.alive.cpu(),
             "history": self.history.cpu(),
+            "overflows": self.overflows.cpu(),
         }
 
     def outcome(self) -> dict:
@@ -150,6 +200,7 @@ class ChunkRun:
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "history": self.history.cpu(),
             "finite": self.alive.cpu(),
+            "overflows": self.overflows.cpu(),
         }
 
 
@@ -158,6 +209,7 @@ def _join(outcomes: list[dict]) -> dict:
         "params": {k: torch.cat([o["params"][k] for o in outcomes]) for k in outcomes[0]["params"]},
         "history": torch.cat([o["history"] for o in outcomes], dim=1),
         "finite": torch.cat([o["finite"] for o in outcomes]),
+        "overflows": torch.cat([o["overflows"] for o in outcomes]),
     }
 
 
@@ -188,7 +240,7 @@ def train_grid(
             spec, n, cfg.batch_size, device, cfg.chunk_size, cfg.memory_budget_mb
         )
         finished, current, seconds_before = [], None, 0.0
-    probability = grid.instance_probability().to(device)
+    probability = grid.instance_probability().tolist()
     importance = grid.instance_importance().to(device)
     n_chunks = -(-n // chunk)
     n_done = sum(o["finite"].shape[0] for o in finished)
@@ -219,7 +271,13 @@ def train_grid(
             instances = torch.arange(start, min(start + chunk, n), device=device)
             resume = current if current is not None and current["start"] == start else None
             run = ChunkRun(
-                spec, cfg, seed, instances, probability[instances], importance[instances], resume
+                spec,
+                cfg,
+                seed,
+                instances,
+                probability[start : start + chunk],
+                importance[instances],
+                resume,
             )
             while not run.done:
                 loss = run.advance()
@@ -239,6 +297,7 @@ def train_grid(
         history_steps=history_steps(cfg.steps, cfg.log_every),
         loss_history=joined["history"],
         finite=joined["finite"],
+        sampler_overflows=joined["overflows"],
         seconds=seconds_before + time.perf_counter() - start_time,
         chunk_size=chunk,
     )

@@ -1,0 +1,168 @@
+"""The fast trainer's parts against the straightforward computation.
+
+gradients.loss_and_gradients against autograd through model.forward on the whole batch that a
+packed batch stands for; the samplers' distribution (marginals, magnitudes, co-occurrence,
+all-zero rows) against the exact values, within five standard errors.
+"""
+
+import math
+
+import pytest
+import torch
+
+from superposition import batches
+from superposition.batches import DenseSampler, SparseDraws, SparseSampler, make_samplers, unpack
+from superposition.config import Task
+from superposition.gradients import Workspace, loss_and_gradients
+from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
+
+SPECS = [
+    ModelSpec(Task.identity, 12, 4),
+    ModelSpec(Task.identity, 12, 4, hidden_relu=True),
+    ModelSpec(Task.abs, 12, 4),
+]
+
+
+def sampler_for(spec, probability, n_instances=3, batch_size=64, exact_rows=None):
+    instances = torch.arange(n_instances) + 10
+    (part, sampler), *_ = make_samplers(
+        spec.task, 7, instances, [probability] * n_instances, batch_size, spec.n_features
+    )
+    if exact_rows is not None and isinstance(sampler, SparseSampler):
+        sampler.exact_rows = exact_rows
+    return sampler
+
+
+def autograd_loss_and_grads(spec, params, x, importance):
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    loss = loss_per_instance(forward(spec, leaves, x), target_of(spec, x), importance)
+    loss.sum().backward()
+    return loss.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.task.value}-relu{s.hidden_relu}")
+@pytest.mark.parametrize(
+    "probability, exact_rows",
+    [(1.0, None), (0.4, None), (0.05, True), (0.05, False), (0.01, True)],
+)
+def test_hand_written_gradients_equal_autograd(spec, probability, exact_rows):
+    sampler = sampler_for(spec, probability, exact_rows=exact_rows)
+    assert isinstance(sampler, SparseSampler) == (probability <= batches.SPARSE_MAX_DENSITY)
+    params = init_params(spec, 3, torch.arange(3))
+    params["b_final"] = torch.linspace(-0.3, 0.3, 3 * spec.n_features).view(3, -1)
+    importance = 0.9 ** torch.arange(spec.n_features).float().expand(3, -1)
+    grads = {k: torch.full_like(v, float("nan")) for k, v in params.items()}
+    work = Workspace(spec, 3, sampler.x.shape[1], torch.device("cpu"))
+    for step in (0, 5):
+        batch = sampler(step)
+        if isinstance(sampler, SparseSampler) and exact_rows is False:
+            assert batch.x.shape[1] == sampler.n_rows
+        full = unpack(sampler, batch)
+        assert full.shape == (3, 64, spec.n_features)
+        assert batch.x.shape[1] + batch.zero_rows == 64
+        loss = loss_and_gradients(spec, params, batch, importance, grads, work, want_loss=True)
+        expected_loss, expected_grads = autograd_loss_and_grads(spec, params, full, importance)
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-7)
+        for name, grad in expected_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_no_loss_unless_asked_and_the_same_gradients():
+    spec = SPECS[2]
+    sampler = sampler_for(spec, 0.05)
+    params = init_params(spec, 3, torch.arange(3))
+    importance = torch.ones(3, spec.n_features)
+    work = Workspace(spec, 3, sampler.x.shape[1], torch.device("cpu"))
+    with_loss = {k: torch.empty_like(v) for k, v in params.items()}
+    without = {k: torch.empty_like(v) for k, v in params.items()}
+    batch = sampler(2)
+    assert loss_and_gradients(spec, params, batch, importance, with_loss, work, True) is not None
+    batch = sampler(2)
+    assert loss_and_gradients(spec, params, batch, importance, without, work, False) is None
+    for name in params:
+        assert torch.equal(with_loss[name], without[name])
+
+
+def whole_batches(task, probability, n_features, n_steps, batch_size=512):
+    spec = ModelSpec(task, n_features, 2)
+    sampler = sampler_for(spec, probability, n_instances=2, batch_size=batch_size)
+    return sampler, torch.cat([unpack(sampler, sampler(step)) for step in range(n_steps)], dim=1)
+
+
+def assert_within(measured, expected, standard_error, what):
+    assert abs(measured - expected) <= 5 * standard_error + 1e-12, (
+        f"{what}: measured {measured:.6g}, expected {expected:.6g} ± 5 x {standard_error:.3g}"
+    )
+
+
+@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+@pytest.mark.parametrize("probability, n_features", [(0.5, 6), (0.15, 6), (0.02, 40), (0.002, 200)])
+def test_sampler_distribution(task, probability, n_features):
+    sampler, x = whole_batches(task, probability, n_features, n_steps=40)
+    kind = SparseSampler if probability <= batches.SPARSE_MAX_DENSITY else DenseSampler
+    assert isinstance(sampler, kind)
+    active = x != 0
+    n = active.numel()
+    # marginal: every entry active with probability p
+    p = probability
+    assert_within(active.float().mean().item(), p, math.sqrt(p * (1 - p) / n), "P(active)")
+    # per feature (coarser: fewer trials each)
+    per_feature = active.float().mean(dim=(0, 1))
+    trials = n / n_features
+    assert (per_feature - p).abs().max() <= 5 * math.sqrt(p * (1 - p) / trials) + 1e-12
+    # magnitudes given active: uniform on [0, 1] (identity) or [-1, 1] (abs)
+    values = x[active]
+    k = values.numel()
+    low = -1.0 if task == Task.abs else 0.0
+    mean, var = (low + 1) / 2, (1 - low) ** 2 / 12
+    assert_within(values.mean().item(), mean, math.sqrt(var / k), "mean magnitude")
+    assert values.min() >= low and values.max() <= 1
+    assert_within(values.var().item(), var, var * math.sqrt(2 / k) * 1.2, "magnitude variance")
+    # co-occurrence of two features of the same row: p^2 (independence)
+    pair = (active[..., 0] & active[..., 1]).float().mean().item()
+    m = active[..., 0].numel()
+    assert_within(pair, p * p, math.sqrt(p * p * (1 - p * p) / m), "P(both active)")
+    # neighbouring entries across a row boundary: also independent
+    across = (active[:, :-1, -1] & active[:, 1:, 0]).float().mean().item()
+    assert_within(across, p * p, math.sqrt(p * p * (1 - p * p) / m), "P(last and next first)")
+    # all-zero rows: (1 - p)^features
+    q = (1 - p) ** n_features
+    zero_rows = (~active.any(dim=-1)).float().mean().item()
+    assert_within(zero_rows, q, math.sqrt(q * (1 - q) / m), "P(row all zero)")
+    # active count per row: Binomial(features, p) variance
+    counts = active.sum(dim=-1).float()
+    assert_within(counts.var().item(), n_features * p * (1 - p), 0.1 * n_features * p + 1e-3, "var")
+    assert sampler.overflows.sum() == 0
+
+
+def test_sparse_draws_of_an_instance_do_not_depend_on_its_neighbours():
+    together = SparseDraws(Task.identity, 1, torch.tensor([4, 9, 2]), [0.01, 0.1, 0.003], 256, 30)
+    alone = SparseDraws(Task.identity, 1, torch.tensor([9]), [0.1], 256, 30)
+    row_t, packed_t, feature_t, magnitude_t = together(3)
+    row_a, packed_a, feature_a, magnitude_a = alone(3)
+    drawn = magnitude_a[0] != 0
+    assert drawn.sum() > 500
+    assert torch.equal(row_t[1][: drawn.shape[0]][drawn], row_a[0][drawn])
+    assert torch.equal(feature_t[1][: drawn.shape[0]][drawn], feature_a[0][drawn])
+    assert torch.equal(magnitude_t[1][: drawn.shape[0]][drawn], magnitude_a[0][drawn])
+    assert (magnitude_t[1][drawn.shape[0] :] == 0).all()
+
+
+def test_a_batch_beyond_the_capacity_is_cut_and_counted(monkeypatch):
+    monkeypatch.setattr(batches, "CAPACITY_SIGMAS", -3.0)  # capacity well below the mean
+    sampler = sampler_for(ModelSpec(Task.identity, 20, 4), 0.1, batch_size=128)
+    batch = sampler(0)
+    assert (sampler.overflows == 1).all()
+    drawn = (batch.x != 0).flatten(1).sum(dim=1)
+    assert (drawn <= sampler.draws.n_slots).all() and (drawn < 0.1 * 128 * 20).all()
+    sampler(1)
+    assert (sampler.overflows == 2).all()
+
+
+def test_capacities_follow_the_mean_plus_ten_sigma():
+    entries, rows = batches.sparse_capacities(0.001, 1024, 200)
+    mean, sigma = 204.8, math.sqrt(204.8 * 0.999)
+    assert entries == math.ceil(mean + 10 * sigma + 10)
+    q = 1 - 0.999**200
+    assert rows == math.ceil(1024 * q + 10 * math.sqrt(1024 * q * (1 - q)) + 10)
+    assert batches.sparse_capacities(0.9, 64, 10) == (640, 64)  # never above the batch
