@@ -41,17 +41,48 @@ MAGNITUDE_STREAM = 5
 SPARSE_MAX_DENSITY = 0.2
 CAPACITY_SIGMAS = 10.0
 CAPACITY_SLACK = 10
+ENTRIES_PER_ROW_DIVISOR = 32
+
+
+@dataclass
+class Entries:
+    """The active entries of a packed batch, one per capacity slot, flattened over instances.
+
+    row: index into the packed rows of all instances (instance * rows + packed row);
+    feature: index into instance * n_features + feature; flat: row * n_features + feature;
+    magnitude: the value (0 in a slot that holds no entry).
+    """
+
+    row: Annotated[Tensor, "slot"]
+    feature: Annotated[Tensor, "slot"]
+    flat: Annotated[Tensor, "slot"]
+    magnitude: Annotated[Tensor, "slot"]
 
 
 @dataclass
 class Batch:
-    """x holds every row with an active feature; the other zero_rows rows of the batch are all zero.
+    """A batch of n_rows + zero_rows rows: n_rows packed rows that hold every active entry (padded
+    with all-zero rows), and zero_rows all-zero rows that are only counted.
 
-    For the sparse sampler, rows of x past the ones that were drawn are all-zero padding.
+    The packed rows come as a dense block `x`, as a list of `entries`, or both.
     """
 
-    x: Annotated[Tensor, "instance row feature"]
+    n_instances: int
+    n_rows: int
     zero_rows: int
+    x: Annotated[Tensor, "instance row feature"] | None = None
+    entries: Entries | None = None
+
+
+def entries_pay(probability: float, n_features: int) -> bool:
+    """Whether a sparse batch is better handed over as entries than as a dense block.
+
+    With entries, the encoder's products become a gather and a scatter per entry instead of two
+    matrix products over the packed rows; measured on a CPU (scripts/bench.py), that pays when a
+    non-empty row holds at most n_features / 32 active entries on average.
+    """
+    row_active = -math.expm1(n_features * math.log1p(-probability))
+    return probability * n_features / row_active <= n_features / ENTRIES_PER_ROW_DIVISOR
 
 
 def is_sparse(probability: float, n_features: int) -> bool:
@@ -108,6 +139,10 @@ class DenseSampler:
         self.x = torch.empty(n, batch_size, n_features, device=device)
         self.overflows = torch.zeros(n, dtype=torch.int64, device=device)
 
+    @property
+    def max_rows(self) -> int:
+        return self.x.shape[1]
+
     def __call__(self, step: int) -> Batch:
         bits, x, p = self.bits, self.x, self.probability
         torch.bitwise_xor(self.hashed_positions, _step_keys(self.keys, step), out=bits)
@@ -123,16 +158,17 @@ class DenseSampler:
             x.mul_(2).sub_(1)
         if p < 1:
             x.mul_(active)
-        return Batch(x, zero_rows=0)
+        return Batch(x.shape[0], x.shape[1], zero_rows=0, x=x)
 
 
 class SparseDraws:
-    """The active entries of the sparse instances of a chunk, drawn together (one pass of the hash
-    for all of them: on small tensors the number of operations, not their size, sets the cost).
+    """The random numbers of the sparse instances of a chunk, drawn together: on tensors this small
+    the number of operations, not their size, sets the cost.
 
-    Capacity slot k of instance i holds its k-th active entry; the slots run to the largest
-    entry capacity among the instances, so instance i's entries do not depend on which instances
-    are drawn with it.
+    Instance i has slots 0 .. capacity_i (one past its entry capacity, so that its sampler sees an
+    entry beyond the capacity), laid end to end in one flat array. Slot k holds the k-th active
+    entry of the step: the gap before it plus one, and its magnitude. An instance's slots depend
+    on (seed, instance, step, k) alone, not on which instances are drawn with it.
     """
 
     def __init__(
@@ -140,117 +176,162 @@ class SparseDraws:
         task: Task,
         seed: int,
         instances: Annotated[Tensor, "instance"],
-        probability: list[float],
-        batch_size: int,
-        n_features: int,
+        slots: list[int],
+        log_stay: list[float],
+        n_trials: int,
     ):
-        n, device = instances.shape[0], instances.device
-        self.task, self.batch_size, self.n_features = task, batch_size, n_features
-        capacities = [sparse_capacities(p, batch_size, n_features) for p in probability]
-        self.n_slots = max(entries for entries, _ in capacities)
-        self.row_capacity = torch.tensor([rows for _, rows in capacities], device=device)
-        self.log_stay = torch.tensor(
-            [math.log1p(-p) for p in probability], dtype=torch.float64, device=device
-        ).view(n, 1)
+        device = instances.device
+        self.task, self.n_trials = task, n_trials
+        per_slot = torch.tensor(slots, device=device)
+        self.log_stay = torch.tensor(log_stay, dtype=torch.float64, device=device)
+        self.log_stay = self.log_stay.repeat_interleave(per_slot)
+        self.slot_instance = torch.arange(len(slots), device=device).repeat_interleave(per_slot)
+        starts = torch.cumsum(per_slot, dim=0) - per_slot
+        counters = torch.arange(int(per_slot.sum()), device=device) - starts.repeat_interleave(
+            per_slot
+        )
+        self.hashed_counters = rng.hash32(counters.to(torch.int32))
         self.keys = torch.stack(
             [
                 rng.instance_keys(seed, stream, instances)
                 for stream in (GAP_STREAM, MAGNITUDE_STREAM)
             ]
-        ).view(2, n, 1)
-        counters = torch.arange(self.n_slots, device=device, dtype=torch.int32)
-        self.hashed_counters = rng.hash32(counters).view(1, 1, -1)
-        self.overflows = torch.zeros(n, dtype=torch.int64, device=device)
+        )
         self.drawn_step: int | None = None
-        self.drawn: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self.drawn: tuple[Tensor, Tensor] | None = None
 
-    def __call__(
-        self, step: int
-    ) -> tuple[
-        Annotated[Tensor, "instance slot"],
-        Annotated[Tensor, "instance slot"],
-        Annotated[Tensor, "instance slot"],
-        Annotated[Tensor, "instance slot"],
-    ]:
-        """(row in the batch, packed row, feature, magnitude) of every slot of step `step`;
-        magnitude 0 marks a slot that holds no entry. Drawn once per step."""
+    def __call__(self, step: int) -> tuple[Annotated[Tensor, "slot"], Annotated[Tensor, "slot"]]:
+        """(gap + 1, magnitude) of every slot of step `step`, drawn once per step."""
         if step != self.drawn_step:
             self.drawn, self.drawn_step = self._draw(step), step
         return self.drawn
 
-    def _draw(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        n_trials = self.batch_size * self.n_features
-        bits = rng.hash32(self.hashed_counters ^ _step_keys(self.keys, step))
-        u = ((bits[0].to(torch.int64) & 0xFFFFFFFF).to(torch.float64) + 0.5) * 2.0**-32
-        gaps = torch.floor(torch.log(u) / self.log_stay).clamp_(max=n_trials).to(torch.int64)
-        position = torch.cumsum(gaps + 1, dim=1) - 1
-        in_batch = position < n_trials
-        row = torch.div(position, self.n_features, rounding_mode="floor")
-        feature = position - row * self.n_features
-        new_row = torch.ones_like(in_batch)
-        torch.ne(row[:, 1:], row[:, :-1], out=new_row[:, 1:])
-        packed_row = torch.cumsum(new_row & in_batch, dim=1) - 1
-        row_capacity = self.row_capacity.view(-1, 1)
-        kept = in_batch & (packed_row < row_capacity)
-        # drawn entries beyond a capacity: a batch that needed more than it holds
-        self.overflows += (position[:, -1] < n_trials) | (packed_row[:, -1:] >= row_capacity)[:, 0]
+    def _draw(self, step: int) -> tuple[Tensor, Tensor]:
+        keys = _step_keys(self.keys, step).index_select(1, self.slot_instance)
+        bits = rng.hash32(keys.bitwise_xor_(self.hashed_counters))
+        # the 32 bits read as signed, shifted to (k + 0.5) / 2**32 for k = 0 .. 2**32 - 1
+        u = bits[0].to(torch.float64).add_(2.0**31 + 0.5).mul_(2.0**-32)
+        gaps = u.log_().div_(self.log_stay).floor_().clamp_(max=self.n_trials)
         magnitude = rng.to_unit_interval(bits[1])
         if self.task == Task.abs:
-            magnitude = 2 * magnitude - 1
-        return row, packed_row, feature, magnitude * kept
+            magnitude = magnitude.mul_(2).sub_(1)
+        return gaps.add_(1).to(torch.int64), magnitude
 
 
 class SparseSampler:
-    """One group's batches from the chunk's SparseDraws, packed into the rows that hold an entry.
+    """One group's batches, packed into the rows that hold an entry.
 
-    With exact_rows (the default on a CPU, where reading a count from the tensor costs nothing),
-    the packed block has as many rows as the instance with the most non-zero rows needs; on a GPU
-    it has the fixed row capacity, so that no step waits for the device.
+    The positions of the active entries are the running sums of the drawn gaps; the group keeps
+    the entries and packed rows of its capacities, and a batch that needs more is cut there and
+    counted in `overflows`. With exact_rows (the default on a CPU, where reading a count from the
+    tensor costs nothing), a batch has as many packed rows as the instance with the most non-zero
+    rows needs; on a GPU it has the fixed row capacity, so that no step waits for the device. The
+    batch comes as entries when `entries_pay`, else as a dense block.
     """
 
-    def __init__(self, draws: SparseDraws, part: slice, exact_rows: bool | None = None):
-        self.draws, self.part = draws, part
-        self.batch_size, self.n_features = draws.batch_size, draws.n_features
-        n, device = part.stop - part.start, draws.keys.device
-        self.n_rows = int(draws.row_capacity[part].max())
+    def __init__(
+        self,
+        draws: SparseDraws,
+        first_slot: int,
+        n_instances: int,
+        n_slots: int,
+        n_rows: int,
+        batch_size: int,
+        n_features: int,
+        exact_rows: bool | None = None,
+        as_entries: bool = False,
+    ):
+        device = draws.keys.device
+        self.draws, self.batch_size, self.n_features = draws, batch_size, n_features
+        self.n_slots, self.n_rows = n_slots, n_rows
+        self.slots = slice(first_slot, first_slot + n_instances * (self.n_slots + 1))
         self.exact_rows = device.type == "cpu" if exact_rows is None else exact_rows
-        self.instance_index = torch.arange(n, device=device).view(n, 1)
-        self.storage = torch.empty(n * self.n_rows * self.n_features, device=device)
-        self.last_rows: tuple[Tensor, Tensor, Tensor] | None = None
+        self.as_entries = as_entries
+        self.instance_index = torch.arange(n_instances, device=device).view(n_instances, 1)
+        self.x_size = n_instances * self.n_rows * n_features
+        self.storage = torch.empty(0 if self.as_entries else self.x_size, device=device)
+        self.overflows = torch.zeros(n_instances, dtype=torch.int64, device=device)
+        self.last_drawn: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
-    def x(self) -> Annotated[Tensor, "instance row feature"]:
-        """The packed block at full row capacity (the memory the sampler holds)."""
-        return self.storage.view(-1, self.n_rows, self.n_features)
-
-    @property
-    def overflows(self) -> Annotated[Tensor, "instance"]:
-        return self.draws.overflows[self.part]
+    def max_rows(self) -> int:
+        return self.n_rows
 
     def __call__(self, step: int) -> Batch:
-        row, packed_row, feature, magnitude = (t[self.part] for t in self.draws(step))
+        n_instances = self.instance_index.shape[0]
+        gap_steps, magnitude = (t[self.slots].view(n_instances, -1) for t in self.draws(step))
+        position = torch.cumsum(gap_steps, dim=1).sub_(1)
+        row = torch.div(position, self.n_features, rounding_mode="floor")
+        feature = position.sub_(row * self.n_features)
+        new_row = torch.ones_like(row, dtype=torch.bool)
+        torch.ne(row[:, 1:], row[:, :-1], out=new_row[:, 1:])
+        packed_row = torch.cumsum(new_row, dim=1).sub_(1)
+        in_batch = row < self.batch_size
+        last_packed_row = (packed_row[:, :-1] * in_batch[:, :-1]).amax(dim=1)
+        # an entry in the slot past the capacity, or a packed row past the row capacity
+        self.overflows += in_batch[:, -1] | (last_packed_row >= self.n_rows)
+        row, packed_row, feature = row[:, :-1], packed_row[:, :-1], feature[:, :-1]
+        magnitude = magnitude[:, :-1] * (in_batch[:, :-1] & (packed_row < self.n_rows))
         n_rows = self.n_rows
         if self.exact_rows:
-            n_rows = max(1, min(n_rows, int(packed_row[:, -1].max()) + 1))
-        packed_row = packed_row.clamp(0, n_rows - 1)
-        index = ((self.instance_index * n_rows + packed_row) * self.n_features + feature).view(-1)
-        x = self.storage[: self.instance_index.shape[0] * n_rows * self.n_features]
-        x.zero_().index_put_((index,), magnitude.view(-1), accumulate=True)
-        self.last_rows = (row, packed_row, magnitude)
-        return Batch(x.view(-1, n_rows, self.n_features), zero_rows=self.batch_size - n_rows)
+            n_rows = max(1, min(n_rows, int(last_packed_row.max()) + 1))
+        packed_row = packed_row.clamp_(max=n_rows - 1)
+        rows = (self.instance_index * n_rows + packed_row).view(-1)
+        entries = Entries(
+            row=rows,
+            feature=(self.instance_index * self.n_features + feature).view(-1),
+            flat=rows * self.n_features + feature.reshape(-1),
+            magnitude=magnitude.view(-1),
+        )
+        self.last_drawn = (row, feature, magnitude)
+        batch = Batch(n_instances, n_rows, self.batch_size - n_rows)
+        if self.as_entries:
+            batch.entries = entries
+        else:
+            x = self.storage[: n_instances * n_rows * self.n_features].zero_()
+            x.index_put_((entries.flat,), entries.magnitude, accumulate=True)
+            batch.x = x.view(n_instances, n_rows, self.n_features)
+        return batch
 
 
 def unpack(sampler: DenseSampler | SparseSampler, batch: Batch) -> Tensor:
     """The whole (instance, batch, feature) batch that `batch` stands for (for tests and checks)."""
     if isinstance(sampler, DenseSampler):
         return batch.x.clone()
-    row, packed_row, magnitude = sampler.last_rows
-    n = batch.x.shape[0]
-    full = torch.zeros(n, sampler.batch_size, sampler.n_features, device=batch.x.device)
+    row, feature, magnitude = sampler.last_drawn
+    full = torch.zeros(batch.n_instances, sampler.batch_size, sampler.n_features)
     drawn = magnitude != 0
-    instance = torch.arange(n, device=row.device).view(n, 1).expand_as(row)
-    full[instance[drawn], row[drawn]] = batch.x[instance[drawn], packed_row[drawn]]
-    return full
+    instance = sampler.instance_index.expand_as(row)
+    full[instance[drawn], row[drawn], feature[drawn]] = magnitude[drawn]
+    return full.to(magnitude.device)
+
+
+def _runs(probability: list[float]) -> list[slice]:
+    """Maximal runs of consecutive instances with the same feature probability."""
+    runs, start = [], 0
+    for end in range(1, len(probability) + 1):
+        if end == len(probability) or probability[end] != probability[start]:
+            runs.append(slice(start, end))
+            start = end
+    return runs
+
+
+def _sparse_groups(
+    runs: list[slice], probability: list[float], batch_size: int, n_features: int
+) -> list[tuple[slice, int, int]]:
+    """Adjacent sparse runs with the same row capacity (e.g. levels dense enough that every row
+    may hold an entry) merged into one group, with the group's (entry, row) capacities: every
+    group costs a fixed number of operations per step. (Merging runs of different row capacities
+    pads the sparser ones; measured on a CPU, that costs more than it saves.)"""
+    groups: list[tuple[slice, int, int]] = []
+    for part in runs:
+        n_slots, n_rows = sparse_capacities(probability[part.start], batch_size, n_features)
+        if groups and groups[-1][0].stop == part.start and groups[-1][2] == n_rows:
+            previous, previous_slots, _ = groups[-1]
+            groups[-1] = (slice(previous.start, part.stop), max(previous_slots, n_slots), n_rows)
+        else:
+            groups.append((part, n_slots, n_rows))
+    return groups
 
 
 def make_samplers(
@@ -261,30 +342,33 @@ def make_samplers(
     batch_size: int,
     n_features: int,
 ) -> list[tuple[slice, DenseSampler | SparseSampler]]:
-    """A sampler per run of consecutive instances with the same feature probability; the sparse
-    ones share one SparseDraws."""
-    runs, start = [], 0
-    for end in range(1, len(probability) + 1):
-        if end == len(probability) or probability[end] != probability[start]:
-            runs.append(slice(start, end))
-            start = end
-    sparse = [part for part in runs if is_sparse(probability[part.start], n_features)]
-    draws = None
+    """The samplers of a chunk, by slices of its instances: one dense sampler per run of a dense
+    feature probability, one sparse sampler per group of sparse runs (all drawing from one
+    SparseDraws)."""
+    runs = _runs(probability)
+    dense = [part for part in runs if not is_sparse(probability[part.start], n_features)]
+    sparse_runs = [part for part in runs if part not in dense]
+    sparse = _sparse_groups(sparse_runs, probability, batch_size, n_features)
+    slots, log_stay = [], []
+    for part, n_slots, _ in sparse:
+        for i in range(part.start, part.stop):
+            slots.append(1 + n_slots)
+            log_stay.append(math.log1p(-probability[i]))
     if sparse:
-        sparse_instances = torch.cat([instances[part] for part in sparse])
-        sparse_probability = [p for part in sparse for p in probability[part]]
-        draws = SparseDraws(
-            task, seed, sparse_instances, sparse_probability, batch_size, n_features
+        sparse_instances = torch.cat([instances[part] for part, _, _ in sparse])
+        draws = SparseDraws(task, seed, sparse_instances, slots, log_stay, batch_size * n_features)
+    samplers, first_slot = [], 0
+    for part, n_slots, n_rows in sparse:
+        as_entries = entries_pay(max(probability[part]), n_features)
+        size = part.stop - part.start
+        sampler = SparseSampler(
+            draws, first_slot, size, n_slots, n_rows, batch_size, n_features, as_entries=as_entries
         )
-    samplers, sparse_start = [], 0
-    for part in runs:
-        if part in sparse:
-            size = part.stop - part.start
-            sampler = SparseSampler(draws, slice(sparse_start, sparse_start + size))
-            sparse_start += size
-        else:
-            sampler = DenseSampler(
-                task, seed, instances[part], probability[part.start], batch_size, n_features
-            )
+        first_slot = sampler.slots.stop
         samplers.append((part, sampler))
-    return samplers
+    for part in dense:
+        sampler = DenseSampler(
+            task, seed, instances[part], probability[part.start], batch_size, n_features
+        )
+        samplers.append((part, sampler))
+    return sorted(samplers, key=lambda pair: pair[0].start)

@@ -8,13 +8,16 @@ long as the chunk. Both models are written as one encoder-decoder:
     pre = x W1ᵀ,  hidden = ReLU(pre) (abs, or identity with hidden_relu) else pre,
     out = ReLU(hidden W2ᵀ + b)
 
-with W1 = W and W2 = Wᵀ for the tied identity model. With g = ∂L/∂(hidden W2ᵀ + b):
-g = 2 I (out − target) [out > 0] / (batch · features), ∂b = Σ_rows g, ∂W2 = gᵀ hidden,
-∂hidden = g W2, ∂pre = ∂hidden [pre > 0] (with a hidden ReLU), ∂W1 = ∂preᵀ x, and ∂W = ∂W1 + ∂W2ᵀ.
+with W1 = W and W2 = Wᵀ for the tied identity model, and the target t = x (identity) or |x| (abs).
+With g = ∂L/∂(hidden W2ᵀ + b) = 2 I (out − t) [out > 0] / (rows · features):
+∂b = Σ_rows g, ∂W2 = gᵀ hidden, ∂hidden = g W2, ∂pre = ∂hidden [pre > 0] (with a hidden ReLU),
+∂W1 = ∂preᵀ x, and ∂W = ∂W1 + ∂W2ᵀ.
 
 A batch packs its rows with an active feature and counts the all-zero rows it left out (see
 batches.py). An all-zero row has out = ReLU(b) and target 0: it adds I ReLU(b)² to the loss and
-2 I ReLU(b) / (batch · features) to ∂b, per row, so those rows cost nothing.
+2 I ReLU(b) / (rows · features) to ∂b, so those rows cost nothing. When a sparse batch comes as a
+list of entries, the products with x (pre = x W1ᵀ and ∂preᵀ x) are a gather and a scatter of one
+encoder column per entry, and out − t is corrected at the entries only.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Workspace:
         self.n_instances, self.n_features, self.d_hidden = n_instances, f, h
         self.by_feature = torch.empty(2, n_instances * rows * f, device=device)
         self.by_hidden = torch.empty(2, n_instances * rows * h, device=device)
+        self.encoder_by_feature = torch.empty(n_instances * f, h, device=device)
 
     def views(self, rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(out, scratch, hidden, d_hidden), contiguous, for a batch of `rows` rows."""
@@ -46,21 +50,101 @@ class Workspace:
         return out, scratch, hidden, d_hidden
 
 
+def has_hidden_relu(spec: ModelSpec) -> bool:
+    return spec.task == Task.abs or spec.hidden_relu
+
+
 def _relu_backward_(grad: Tensor, pre_activation: Tensor) -> Tensor:
-    """grad[pre_activation <= 0] = 0, in place."""
+    """grad[pre_activation <= 0] = 0, in place (ReLU's own backward: one pass, no mask tensor)."""
     return torch.ops.aten.threshold_backward.grad_input(grad, pre_activation, 0, grad_input=grad)
 
 
-def has_hidden_relu(spec: ModelSpec) -> bool:
-    return spec.task == Task.abs or spec.hidden_relu
+def _encoder(spec: ModelSpec, params: dict[str, Tensor]) -> Annotated[Tensor, "instance hid feat"]:
+    return params["W"] if spec.task == Task.identity else params["W1"]
 
 
 def _decoder(spec: ModelSpec, params: dict[str, Tensor]) -> Annotated[Tensor, "instance hid feat"]:
     return params["W"] if spec.task == Task.identity else params["W2"].transpose(1, 2)
 
 
-def _encoder(spec: ModelSpec, params: dict[str, Tensor]) -> Annotated[Tensor, "instance hid feat"]:
-    return params["W"] if spec.task == Task.identity else params["W1"]
+def _target_of(spec: ModelSpec, x: Tensor) -> Tensor:
+    return x.abs() if spec.task == Task.abs else x
+
+
+def _encode(
+    spec: ModelSpec,
+    encoder: Annotated[Tensor, "instance hid feat"],
+    batch: Batch,
+    work: Workspace,
+    pre: Annotated[Tensor, "instance row hid"],
+) -> None:
+    """pre = x encoderᵀ, from the block or from the entries."""
+    if batch.entries is None:
+        torch.bmm(batch.x, encoder.transpose(1, 2), out=pre)
+        return
+    entries = batch.entries
+    by_feature = work.encoder_by_feature
+    by_feature.view(-1, spec.n_features, spec.d_hidden).copy_(encoder.transpose(1, 2))
+    columns = by_feature.index_select(0, entries.feature).mul_(entries.magnitude.unsqueeze(1))
+    pre.zero_().view(-1, spec.d_hidden).index_add_(0, entries.row, columns)
+
+
+def _add_encoder_gradient(
+    spec: ModelSpec,
+    d_pre: Annotated[Tensor, "instance row hid"],
+    batch: Batch,
+    work: Workspace,
+    grad: Annotated[Tensor, "instance hid feat"],
+) -> None:
+    """grad += d_preᵀ x, from the block or from the entries."""
+    if batch.entries is None:
+        grad.baddbmm_(d_pre.transpose(1, 2), batch.x)
+        return
+    entries = batch.entries
+    rows = d_pre.view(-1, spec.d_hidden).index_select(0, entries.row)
+    by_feature = work.encoder_by_feature.zero_()
+    by_feature.index_add_(0, entries.feature, rows.mul_(entries.magnitude.unsqueeze(1)))
+    grad.add_(by_feature.view(-1, spec.n_features, spec.d_hidden).transpose(1, 2))
+
+
+def _output_gradient(
+    spec: ModelSpec, out: Tensor, batch: Batch, scratch: Tensor, entries_target: Tensor | None
+) -> Tensor:
+    """(out − t) [out > 0], before the per-feature scale, from the pre-activation `out`, into
+    scratch."""
+    if batch.entries is None:
+        target = torch.abs(batch.x, out=scratch) if spec.task == Task.abs else batch.x
+        return _relu_backward_(torch.sub(out, target, out=scratch), out)
+    g = torch.clamp(out, min=0, out=scratch)
+    entries = batch.entries
+    active_out = out.view(-1).index_select(0, entries.flat)
+    correction = entries_target * torch.sign(active_out.clamp_(min=0))
+    g.view(-1).index_add_(0, entries.flat, correction, alpha=-1)
+    return g
+
+
+def _loss(
+    spec: ModelSpec,
+    out: Tensor,
+    batch: Batch,
+    scratch: Tensor,
+    entries_target: Tensor | None,
+    relu_b: Tensor,
+    importance: Tensor,
+) -> Annotated[Tensor, "instance"]:
+    """Mean over all rows and features of I (ReLU(out) − t)², before `out` is reused."""
+    relu_out = torch.clamp(out, min=0, out=scratch)
+    if batch.entries is None:
+        squared = relu_out.sub_(_target_of(spec, batch.x)).square_()
+    else:  # (o − t)² = o² − 2 o t + t², with t non-zero at the entries only
+        entries = batch.entries
+        at_entries = relu_out.view(-1).index_select(0, entries.flat)
+        squared = relu_out.square_()
+        correction = entries_target * (entries_target - 2 * at_entries)
+        squared.view(-1).index_add_(0, entries.flat, correction)
+    per_feature = squared.sum(dim=1) + batch.zero_rows * relu_b.square()
+    n_rows_total = batch.n_rows + batch.zero_rows
+    return (per_feature * importance).sum(dim=1) / (n_rows_total * spec.n_features)
 
 
 def loss_and_gradients(
@@ -74,44 +158,43 @@ def loss_and_gradients(
 ) -> Annotated[Tensor, "instance"] | None:
     """Write every parameter's gradient of the summed instance losses into `grads`; return the
     loss per instance when want_loss (it takes extra passes, so the trainer asks at log steps)."""
-    x, zero_rows = batch.x, batch.zero_rows
-    n_rows_total = x.shape[1] + zero_rows
+    zero_rows, n_rows_total = batch.zero_rows, batch.n_rows + batch.zero_rows
     encoder, decoder, b = _encoder(spec, params), _decoder(spec, params), params["b_final"]
-    out, scratch, hidden, d_hidden = work.views(x.shape[1])
+    out, scratch, hidden, d_hidden = work.views(batch.n_rows)
+    entries_target = None
+    if batch.entries is not None:
+        entries_target = _target_of(spec, batch.entries.magnitude)
 
-    torch.bmm(x, encoder.transpose(1, 2), out=hidden)
+    _encode(spec, encoder, batch, work, hidden)
     if has_hidden_relu(spec):
         hidden.clamp_(min=0)
     torch.baddbmm(b.unsqueeze(1), hidden, decoder, out=out)  # before the output ReLU
 
-    # g = (out - x) [out > 0] · 2 I / (rows · features), with out - x = pre-activation - x where
-    # it counts; threshold_backward is ReLU's own backward: one pass for the mask
-    scale = importance.unsqueeze(1) * (2.0 / (n_rows_total * spec.n_features))
-    target = x
-    if spec.task == Task.abs:
-        target = torch.abs(x, out=scratch)
-    g = torch.sub(out, target, out=scratch)
-    _relu_backward_(g, out)
-    g.mul_(scale)
-
     relu_b = b.clamp(min=0)
     loss = None
     if want_loss:
-        residual = out.clamp_(min=0).sub_(x.abs() if spec.task == Task.abs else x)
-        per_feature = residual.square_().sum(dim=1) + zero_rows * relu_b.square()
-        loss = (per_feature * importance).sum(dim=1) / (n_rows_total * spec.n_features)
+        loss = _loss(spec, out, batch, scratch, entries_target, relu_b, importance)
 
-    torch.sum(g, dim=1, out=grads["b_final"])
+    # g = g_unscaled * scale, with the per-feature scale 2 I / (rows · features) applied to the
+    # small results (sums and products over rows) rather than to the whole block
+    scale = importance * (2.0 / (n_rows_total * spec.n_features))
+    g_unscaled = _output_gradient(spec, out, batch, scratch, entries_target)
+
+    torch.sum(g_unscaled, dim=1, out=grads["b_final"])
     if zero_rows:
-        grads["b_final"].add_(relu_b * scale.squeeze(1), alpha=zero_rows)
+        grads["b_final"].add_(relu_b, alpha=zero_rows)
+    grads["b_final"].mul_(scale)
 
-    torch.bmm(g, decoder.transpose(1, 2), out=d_hidden)
+    scaled_decoder = decoder * scale.unsqueeze(1)
+    torch.bmm(g_unscaled, scaled_decoder.transpose(1, 2), out=d_hidden)
     if has_hidden_relu(spec):
         _relu_backward_(d_hidden, hidden)
     if spec.task == Task.identity:
-        torch.bmm(hidden.transpose(1, 2), g, out=grads["W"])
-        grads["W"].baddbmm_(d_hidden.transpose(1, 2), x)
+        torch.bmm(hidden.transpose(1, 2), g_unscaled, out=grads["W"])
+        grads["W"].mul_(scale.unsqueeze(1))
+        _add_encoder_gradient(spec, d_hidden, batch, work, grads["W"])
     else:
-        torch.bmm(g.transpose(1, 2), hidden, out=grads["W2"])
-        torch.bmm(d_hidden.transpose(1, 2), x, out=grads["W1"])
+        torch.bmm(g_unscaled.transpose(1, 2), hidden, out=grads["W2"])
+        grads["W2"].mul_(scale.unsqueeze(2))
+        _add_encoder_gradient(spec, d_hidden, batch, work, grads["W1"].zero_())
     return loss

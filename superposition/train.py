@@ -79,11 +79,15 @@ class _LossReadout:
 
 @dataclass
 class _Group:
-    """Consecutive instances of a chunk that share a feature probability, so one sampler."""
+    """Consecutive instances of a chunk that share a feature probability, so one sampler; with
+    views of the chunk's parameters, gradients and importance (taken once: they live as long)."""
 
     part: slice
     sampler: DenseSampler | SparseSampler
     work: Workspace
+    params: dict[str, Tensor] | None = None
+    grads: dict[str, Tensor] | None = None
+    importance: Tensor | None = None
 
 
 def _groups_of(
@@ -98,7 +102,7 @@ def _groups_of(
         _Group(
             part,
             sampler,
-            Workspace(spec, part.stop - part.start, sampler.x.shape[1], instances.device),
+            Workspace(spec, part.stop - part.start, sampler.max_rows, instances.device),
         )
         for part, sampler in samplers
     ]
@@ -139,6 +143,10 @@ class ChunkRun:
             self.history = saved["history"].to(device)
             self.step = saved["step"]
         self.grads = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        for group in self.groups:
+            group.params = {k: v[group.part] for k, v in self.params.items()}
+            group.grads = {k: v[group.part] for k, v in self.grads.items()}
+            group.importance = importance[group.part]
         self.optimizer = InstanceAdam(list(self.params.values()), cfg.optimizer, cfg.weight_decay)
         if saved is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
@@ -152,13 +160,12 @@ class ChunkRun:
         logging = step == self.logged[self.next_log]
         losses = []
         for group in self.groups:
-            part = group.part
             loss = loss_and_gradients(
                 self.spec,
-                {k: v[part] for k, v in self.params.items()},
+                group.params,
                 group.sampler(step),
-                self.importance[part],
-                {k: v[part] for k, v in self.grads.items()},
+                group.importance,
+                group.grads,
                 group.work,
                 want_loss=logging,
             )

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from superposition import batches
-from superposition.batches import DenseSampler, SparseDraws, SparseSampler, make_samplers, unpack
+from superposition.batches import DenseSampler, SparseSampler, make_samplers, unpack
 from superposition.config import Task
 from superposition.gradients import Workspace, loss_and_gradients
 from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
@@ -23,13 +23,17 @@ SPECS = [
 ]
 
 
-def sampler_for(spec, probability, n_instances=3, batch_size=64, exact_rows=None):
+def sampler_for(spec, probability, n_instances=3, batch_size=64, exact_rows=None, as_entries=None):
     instances = torch.arange(n_instances) + 10
     (part, sampler), *_ = make_samplers(
         spec.task, 7, instances, [probability] * n_instances, batch_size, spec.n_features
     )
-    if exact_rows is not None and isinstance(sampler, SparseSampler):
-        sampler.exact_rows = exact_rows
+    if isinstance(sampler, SparseSampler):
+        if exact_rows is not None:
+            sampler.exact_rows = exact_rows
+        if as_entries is not None:
+            sampler.as_entries = as_entries
+            sampler.storage = torch.empty(sampler.x_size)
     return sampler
 
 
@@ -42,24 +46,33 @@ def autograd_loss_and_grads(spec, params, x, importance):
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.task.value}-relu{s.hidden_relu}")
 @pytest.mark.parametrize(
-    "probability, exact_rows",
-    [(1.0, None), (0.4, None), (0.05, True), (0.05, False), (0.01, True)],
+    "probability, exact_rows, as_entries",
+    [
+        (1.0, None, None),
+        (0.4, None, None),
+        (0.05, True, False),
+        (0.05, False, False),
+        (0.05, True, True),
+        (0.05, False, True),
+        (0.01, True, True),
+    ],
 )
-def test_hand_written_gradients_equal_autograd(spec, probability, exact_rows):
-    sampler = sampler_for(spec, probability, exact_rows=exact_rows)
+def test_hand_written_gradients_equal_autograd(spec, probability, exact_rows, as_entries):
+    sampler = sampler_for(spec, probability, exact_rows=exact_rows, as_entries=as_entries)
     assert isinstance(sampler, SparseSampler) == (probability <= batches.SPARSE_MAX_DENSITY)
     params = init_params(spec, 3, torch.arange(3))
     params["b_final"] = torch.linspace(-0.3, 0.3, 3 * spec.n_features).view(3, -1)
     importance = 0.9 ** torch.arange(spec.n_features).float().expand(3, -1)
     grads = {k: torch.full_like(v, float("nan")) for k, v in params.items()}
-    work = Workspace(spec, 3, sampler.x.shape[1], torch.device("cpu"))
+    work = Workspace(spec, 3, sampler.max_rows, torch.device("cpu"))
     for step in (0, 5):
         batch = sampler(step)
+        assert (batch.entries is not None) == bool(as_entries)
         if isinstance(sampler, SparseSampler) and exact_rows is False:
-            assert batch.x.shape[1] == sampler.n_rows
+            assert batch.n_rows == sampler.n_rows
         full = unpack(sampler, batch)
         assert full.shape == (3, 64, spec.n_features)
-        assert batch.x.shape[1] + batch.zero_rows == 64
+        assert batch.n_rows + batch.zero_rows == 64
         loss = loss_and_gradients(spec, params, batch, importance, grads, work, want_loss=True)
         expected_loss, expected_grads = autograd_loss_and_grads(spec, params, full, importance)
         torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-7)
@@ -72,7 +85,7 @@ def test_no_loss_unless_asked_and_the_same_gradients():
     sampler = sampler_for(spec, 0.05)
     params = init_params(spec, 3, torch.arange(3))
     importance = torch.ones(3, spec.n_features)
-    work = Workspace(spec, 3, sampler.x.shape[1], torch.device("cpu"))
+    work = Workspace(spec, 3, sampler.max_rows, torch.device("cpu"))
     with_loss = {k: torch.empty_like(v) for k, v in params.items()}
     without = {k: torch.empty_like(v) for k, v in params.items()}
     batch = sampler(2)
@@ -136,16 +149,18 @@ def test_sampler_distribution(task, probability, n_features):
 
 
 def test_sparse_draws_of_an_instance_do_not_depend_on_its_neighbours():
-    together = SparseDraws(Task.identity, 1, torch.tensor([4, 9, 2]), [0.01, 0.1, 0.003], 256, 30)
-    alone = SparseDraws(Task.identity, 1, torch.tensor([9]), [0.1], 256, 30)
-    row_t, packed_t, feature_t, magnitude_t = together(3)
-    row_a, packed_a, feature_a, magnitude_a = alone(3)
-    drawn = magnitude_a[0] != 0
-    assert drawn.sum() > 500
-    assert torch.equal(row_t[1][: drawn.shape[0]][drawn], row_a[0][drawn])
-    assert torch.equal(feature_t[1][: drawn.shape[0]][drawn], feature_a[0][drawn])
-    assert torch.equal(magnitude_t[1][: drawn.shape[0]][drawn], magnitude_a[0][drawn])
-    assert (magnitude_t[1][drawn.shape[0] :] == 0).all()
+    instances = torch.tensor([4, 9, 2, 7])
+    task, n_features = Task.identity, 30
+    together = make_samplers(task, 1, instances, [0.01, 0.1, 0.003, 0.1], 256, n_features)
+    alone = make_samplers(task, 1, instances[1:2], [0.1], 256, n_features)
+
+    def whole(samplers, index):
+        part, sampler = next((p, s) for p, s in samplers if p.start <= index < p.stop)
+        return unpack(sampler, sampler(3))[index - part.start]
+
+    assert (whole(alone, 0) != 0).sum() > 500
+    assert torch.equal(whole(together, 1), whole(alone, 0))
+    assert not torch.equal(whole(together, 3), whole(alone, 0))  # same p, other instance
 
 
 def test_a_batch_beyond_the_capacity_is_cut_and_counted(monkeypatch):
@@ -153,8 +168,8 @@ def test_a_batch_beyond_the_capacity_is_cut_and_counted(monkeypatch):
     sampler = sampler_for(ModelSpec(Task.identity, 20, 4), 0.1, batch_size=128)
     batch = sampler(0)
     assert (sampler.overflows == 1).all()
-    drawn = (batch.x != 0).flatten(1).sum(dim=1)
-    assert (drawn <= sampler.draws.n_slots).all() and (drawn < 0.1 * 128 * 20).all()
+    drawn = (unpack(sampler, batch) != 0).flatten(1).sum(dim=1)
+    assert (drawn <= sampler.n_slots).all() and (drawn < 0.1 * 128 * 20).all()
     sampler(1)
     assert (sampler.overflows == 2).all()
 
