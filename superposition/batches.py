@@ -42,6 +42,7 @@ SPARSE_MAX_DENSITY = 0.2
 CAPACITY_SIGMAS = 10.0
 CAPACITY_SLACK = 10
 ENTRIES_PER_ROW_DIVISOR = 32
+MERGE_MAX_PADDING = 200_000
 
 
 @dataclass
@@ -162,13 +163,14 @@ class DenseSampler:
 
 
 class SparseDraws:
-    """The random numbers of the sparse instances of a chunk, drawn together: on tensors this small
+    """The active entries of the sparse instances of a chunk, drawn together: on tensors this small
     the number of operations, not their size, sets the cost.
 
     Instance i has slots 0 .. capacity_i (one past its entry capacity, so that its sampler sees an
     entry beyond the capacity), laid end to end in one flat array. Slot k holds the k-th active
-    entry of the step: the gap before it plus one, and its magnitude. An instance's slots depend
-    on (seed, instance, step, k) alone, not on which instances are drawn with it.
+    entry of the step: its row in the batch, its feature, its packed row (the rank of its row among
+    the instance's non-empty rows) and its magnitude (0 past the end of the batch). An instance's
+    slots depend on (seed, instance, step, k) alone, not on which instances are drawn with it.
     """
 
     def __init__(
@@ -178,55 +180,77 @@ class SparseDraws:
         instances: Annotated[Tensor, "instance"],
         slots: list[int],
         log_stay: list[float],
-        n_trials: int,
+        batch_size: int,
+        n_features: int,
     ):
         device = instances.device
-        self.task, self.n_trials = task, n_trials
+        self.task, self.batch_size, self.n_features = task, batch_size, n_features
         per_slot = torch.tensor(slots, device=device)
         self.log_stay = torch.tensor(log_stay, dtype=torch.float64, device=device)
         self.log_stay = self.log_stay.repeat_interleave(per_slot)
         self.slot_instance = torch.arange(len(slots), device=device).repeat_interleave(per_slot)
         starts = torch.cumsum(per_slot, dim=0) - per_slot
-        counters = torch.arange(int(per_slot.sum()), device=device) - starts.repeat_interleave(
-            per_slot
-        )
-        self.hashed_counters = rng.hash32(counters.to(torch.int32))
-        self.keys = torch.stack(
+        self.segment_start = starts.repeat_interleave(per_slot)  # first slot of the slot's instance
+        self.is_start = torch.zeros(int(per_slot.sum()), dtype=torch.bool, device=device)
+        self.is_start[starts] = True
+        counters = torch.arange(self.is_start.shape[0], device=device) - self.segment_start
+        keys = torch.stack(
             [
                 rng.instance_keys(seed, stream, instances)
                 for stream in (GAP_STREAM, MAGNITUDE_STREAM)
             ]
         )
+        # a key per (stream, slot), hashed once; a step hashes it with the step's key
+        self.slot_keys = rng.hash32(
+            keys[:, self.slot_instance] ^ rng.hash32(counters.to(torch.int32))
+        )
         self.drawn_step: int | None = None
-        self.drawn: tuple[Tensor, Tensor] | None = None
+        self.drawn: tuple[Tensor, ...] | None = None
 
-    def __call__(self, step: int) -> tuple[Annotated[Tensor, "slot"], Annotated[Tensor, "slot"]]:
-        """(gap + 1, magnitude) of every slot of step `step`, drawn once per step."""
+    def __call__(
+        self, step: int
+    ) -> tuple[
+        Annotated[Tensor, "slot"],
+        Annotated[Tensor, "slot"],
+        Annotated[Tensor, "slot"],
+        Annotated[Tensor, "slot"],
+    ]:
+        """(row, feature, packed row, magnitude) of every slot of step `step`, drawn once."""
         if step != self.drawn_step:
             self.drawn, self.drawn_step = self._draw(step), step
         return self.drawn
 
-    def _draw(self, step: int) -> tuple[Tensor, Tensor]:
-        keys = _step_keys(self.keys, step).index_select(1, self.slot_instance)
-        bits = rng.hash32(keys.bitwise_xor_(self.hashed_counters))
+    def _running_sum(self, values: Tensor) -> Tensor:
+        """Sum of values[start .. k] over the slots of k's own instance, for every slot k."""
+        total = torch.cumsum(values, dim=0)
+        return total.sub_((total - values).index_select(0, self.segment_start))
+
+    def _draw(self, step: int) -> tuple[Tensor, ...]:
+        bits = rng.hash32(self.slot_keys ^ rng._signed32(rng.hash32_int(step * 2 + 1)))
         # the 32 bits read as signed, shifted to (k + 0.5) / 2**32 for k = 0 .. 2**32 - 1
         u = bits[0].to(torch.float64).add_(2.0**31 + 0.5).mul_(2.0**-32)
-        gaps = u.log_().div_(self.log_stay).floor_().clamp_(max=self.n_trials)
+        n_trials = self.batch_size * self.n_features
+        gaps = u.log_().div_(self.log_stay).floor_().clamp_(max=n_trials)
+        position = self._running_sum(gaps.add_(1).to(torch.int64)).sub_(1)
+        row = torch.div(position, self.n_features, rounding_mode="floor")
+        feature = position.sub_(row * self.n_features)
+        new_row = self.is_start.clone()
+        new_row[1:] |= row[1:] != row[:-1]
+        packed_row = self._running_sum(new_row.to(torch.int64)).sub_(1)
         magnitude = rng.to_unit_interval(bits[1])
         if self.task == Task.abs:
             magnitude = magnitude.mul_(2).sub_(1)
-        return gaps.add_(1).to(torch.int64), magnitude
+        return row, feature, packed_row, magnitude.mul_(row < self.batch_size)
 
 
 class SparseSampler:
     """One group's batches, packed into the rows that hold an entry.
 
-    The positions of the active entries are the running sums of the drawn gaps; the group keeps
-    the entries and packed rows of its capacities, and a batch that needs more is cut there and
-    counted in `overflows`. With exact_rows (the default on a CPU, where reading a count from the
-    tensor costs nothing), a batch has as many packed rows as the instance with the most non-zero
-    rows needs; on a GPU it has the fixed row capacity, so that no step waits for the device. The
-    batch comes as entries when `entries_pay`, else as a dense block.
+    The group keeps the entries and packed rows of its capacities; a batch that needs more is cut
+    there and counted in `overflows`. With exact_rows (the default on a CPU, where reading a count
+    from the tensor costs nothing), a batch has as many packed rows and entry slots as the
+    instance with the most needs; on a GPU it has the fixed capacities, so that no step waits for
+    the device. The batch comes as entries when `entries_pay`, else as a dense block.
     """
 
     def __init__(
@@ -236,19 +260,17 @@ class SparseSampler:
         n_instances: int,
         n_slots: int,
         n_rows: int,
-        batch_size: int,
-        n_features: int,
         exact_rows: bool | None = None,
         as_entries: bool = False,
     ):
-        device = draws.keys.device
-        self.draws, self.batch_size, self.n_features = draws, batch_size, n_features
+        device = draws.slot_keys.device
+        self.draws, self.batch_size, self.n_features = draws, draws.batch_size, draws.n_features
         self.n_slots, self.n_rows = n_slots, n_rows
         self.slots = slice(first_slot, first_slot + n_instances * (self.n_slots + 1))
         self.exact_rows = device.type == "cpu" if exact_rows is None else exact_rows
         self.as_entries = as_entries
         self.instance_index = torch.arange(n_instances, device=device).view(n_instances, 1)
-        self.x_size = n_instances * self.n_rows * n_features
+        self.x_size = n_instances * self.n_rows * self.n_features
         self.storage = torch.empty(0 if self.as_entries else self.x_size, device=device)
         self.overflows = torch.zeros(n_instances, dtype=torch.int64, device=device)
         self.last_drawn: tuple[Tensor, Tensor, Tensor] | None = None
@@ -258,39 +280,36 @@ class SparseSampler:
         return self.n_rows
 
     def __call__(self, step: int) -> Batch:
-        n_instances = self.instance_index.shape[0]
-        gap_steps, magnitude = (t[self.slots].view(n_instances, -1) for t in self.draws(step))
-        position = torch.cumsum(gap_steps, dim=1).sub_(1)
-        row = torch.div(position, self.n_features, rounding_mode="floor")
-        feature = position.sub_(row * self.n_features)
-        new_row = torch.ones_like(row, dtype=torch.bool)
-        torch.ne(row[:, 1:], row[:, :-1], out=new_row[:, 1:])
-        packed_row = torch.cumsum(new_row, dim=1).sub_(1)
-        in_batch = row < self.batch_size
+        n_instances, f = self.instance_index.shape[0], self.n_features
+        row, feature, packed_row, magnitude = (
+            t[self.slots].view(n_instances, -1) for t in self.draws(step)
+        )
+        in_batch = magnitude != 0
         last_packed_row = (packed_row[:, :-1] * in_batch[:, :-1]).amax(dim=1)
         # an entry in the slot past the capacity, or a packed row past the row capacity
         self.overflows += in_batch[:, -1] | (last_packed_row >= self.n_rows)
-        row, packed_row, feature = row[:, :-1], packed_row[:, :-1], feature[:, :-1]
-        magnitude = magnitude[:, :-1] * (in_batch[:, :-1] & (packed_row < self.n_rows))
-        n_rows = self.n_rows
+        n_rows, n_slots = self.n_rows, self.n_slots
         if self.exact_rows:
             n_rows = max(1, min(n_rows, int(last_packed_row.max()) + 1))
-        packed_row = packed_row.clamp_(max=n_rows - 1)
+            n_slots = max(1, min(n_slots, int(in_batch.sum(dim=1).max())))
+        row, feature, packed_row = row[:, :n_slots], feature[:, :n_slots], packed_row[:, :n_slots]
+        magnitude = magnitude[:, :n_slots] * (packed_row < self.n_rows)
+        packed_row = packed_row.clamp(max=n_rows - 1)
         rows = (self.instance_index * n_rows + packed_row).view(-1)
         entries = Entries(
             row=rows,
-            feature=(self.instance_index * self.n_features + feature).view(-1),
-            flat=rows * self.n_features + feature.reshape(-1),
-            magnitude=magnitude.view(-1),
+            feature=(self.instance_index * f + feature).view(-1),
+            flat=rows * f + feature.reshape(-1),
+            magnitude=magnitude.reshape(-1),
         )
         self.last_drawn = (row, feature, magnitude)
         batch = Batch(n_instances, n_rows, self.batch_size - n_rows)
         if self.as_entries:
             batch.entries = entries
         else:
-            x = self.storage[: n_instances * n_rows * self.n_features].zero_()
+            x = self.storage[: n_instances * n_rows * f].zero_()
             x.index_put_((entries.flat,), entries.magnitude, accumulate=True)
-            batch.x = x.view(n_instances, n_rows, self.n_features)
+            batch.x = x.view(n_instances, n_rows, f)
         return batch
 
 
@@ -319,18 +338,32 @@ def _runs(probability: list[float]) -> list[slice]:
 def _sparse_groups(
     runs: list[slice], probability: list[float], batch_size: int, n_features: int
 ) -> list[tuple[slice, int, int]]:
-    """Adjacent sparse runs with the same row capacity (e.g. levels dense enough that every row
-    may hold an entry) merged into one group, with the group's (entry, row) capacities: every
-    group costs a fixed number of operations per step. (Merging runs of different row capacities
-    pads the sparser ones; measured on a CPU, that costs more than it saves.)"""
+    """Adjacent sparse runs merged into groups, with each group's (entry, row) capacities.
+
+    Every group costs a fixed number of operations per step, so adjacent runs share a group when
+    they have the same row capacity (e.g. levels where every row may hold an entry), or when both
+    are handed over as entries and padding the sparser one's packed rows to the group's adds at
+    most MERGE_MAX_PADDING entries to the dense work. (For dense blocks, measured on a CPU, the
+    padding cost more than the merge saved.)
+    """
     groups: list[tuple[slice, int, int]] = []
     for part in runs:
         n_slots, n_rows = sparse_capacities(probability[part.start], batch_size, n_features)
-        if groups and groups[-1][0].stop == part.start and groups[-1][2] == n_rows:
-            previous, previous_slots, _ = groups[-1]
-            groups[-1] = (slice(previous.start, part.stop), max(previous_slots, n_slots), n_rows)
-        else:
-            groups.append((part, n_slots, n_rows))
+        if groups and groups[-1][0].stop == part.start:
+            previous, previous_slots, previous_rows = groups[-1]
+            extra_rows = abs(previous_rows - n_rows) * (
+                part.stop - part.start if n_rows < previous_rows else previous.stop - previous.start
+            )
+            entries = entries_pay(probability[previous.start], n_features) and entries_pay(
+                probability[part.start], n_features
+            )
+            if previous_rows == n_rows or (
+                entries and extra_rows * n_features <= MERGE_MAX_PADDING
+            ):
+                merged = slice(previous.start, part.stop)
+                groups[-1] = (merged, max(previous_slots, n_slots), max(previous_rows, n_rows))
+                continue
+        groups.append((part, n_slots, n_rows))
     return groups
 
 
@@ -356,14 +389,12 @@ def make_samplers(
             log_stay.append(math.log1p(-probability[i]))
     if sparse:
         sparse_instances = torch.cat([instances[part] for part, _, _ in sparse])
-        draws = SparseDraws(task, seed, sparse_instances, slots, log_stay, batch_size * n_features)
+        draws = SparseDraws(task, seed, sparse_instances, slots, log_stay, batch_size, n_features)
     samplers, first_slot = [], 0
     for part, n_slots, n_rows in sparse:
         as_entries = entries_pay(max(probability[part]), n_features)
         size = part.stop - part.start
-        sampler = SparseSampler(
-            draws, first_slot, size, n_slots, n_rows, batch_size, n_features, as_entries=as_entries
-        )
+        sampler = SparseSampler(draws, first_slot, size, n_slots, n_rows, as_entries=as_entries)
         first_slot = sampler.slots.stop
         samplers.append((part, sampler))
     for part in dense:

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam
+from torch.optim.adamw import adamw
 
 from superposition.config import LRSchedule, Optimizer
 
@@ -25,10 +27,15 @@ def learning_rate(base_lr: float, schedule: LRSchedule, step: int, steps: int) -
     return base_lr
 
 
+def _fused_available(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda")
+
+
 class InstanceAdam:
-    """torch's fused Adam / AdamW (one kernel for all parameters: on these small tensors the
-    per-operation overhead of an unfused update costs more than its arithmetic), plus frozen
-    instances: after the step, a frozen instance gets back the parameters it had before it."""
+    """Adam / AdamW through torch's functional update, fused into one kernel for all parameters
+    where the device has one (on these small tensors the per-operation overhead of an unfused
+    update, and the bookkeeping of torch.optim.Optimizer.step, cost more than the arithmetic);
+    plus frozen instances: after the step, a frozen instance gets back its parameters."""
 
     def __init__(
         self,
@@ -39,17 +46,15 @@ class InstanceAdam:
         eps: float = 1e-8,
     ):
         self.params = params
-        kinds = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}
-        options = dict(lr=1e-3, betas=betas, eps=eps, weight_decay=weight_decay)
-        try:
-            self.torch_optimizer = kinds[kind](params, fused=True, **options)
-        except RuntimeError:  # a device without a fused kernel
-            self.torch_optimizer = kinds[kind](params, **options)
+        self.kind, self.weight_decay, self.betas, self.eps = kind, weight_decay, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = [torch.zeros((), device=p.device) for p in params]
+        self.fused = _fused_available(params[0].device)
 
     @property
     def t(self) -> int:
-        state = self.torch_optimizer.state.get(self.params[0], {})
-        return int(state["step"]) if "step" in state else 0
+        return int(self.steps[0])
 
     @torch.no_grad()
     def step(
@@ -60,33 +65,42 @@ class InstanceAdam:
         On a CPU the frozen parameters are only copied when an instance is frozen (reading
         `alive` costs nothing there); on a GPU always, so that the step never waits for it.
         """
-        if grads is not None:
-            for p, grad in zip(self.params, grads, strict=True):
-                p.grad = grad
+        if grads is None:
+            grads = [p.grad for p in self.params]
         restore = alive.device.type != "cpu" or not bool(alive.all())
         before = [p.detach().clone() for p in self.params] if restore else []
-        self.torch_optimizer.param_groups[0]["lr"] = lr
-        self.torch_optimizer.step()
+        update = adamw if self.kind == Optimizer.adamw else adam
+        update(
+            [p.detach() for p in self.params],
+            grads,
+            self.exp_avg,
+            self.exp_avg_sq,
+            [],
+            self.steps,
+            fused=self.fused,
+            foreach=False if not self.fused else None,
+            amsgrad=False,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            lr=lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
+        )
         for p, old in zip(self.params, before, strict=False):
             p.copy_(torch.where(alive.view(-1, *([1] * (p.dim() - 1))), p, old))
 
     def state_dict(self) -> dict:
-        states = [self.torch_optimizer.state.get(p, {}) for p in self.params]
-        zeros = [torch.zeros_like(p, device="cpu") for p in self.params]
         return {
             "t": self.t,
-            "exp_avg": [s["exp_avg"].cpu() if s else z for s, z in zip(states, zeros, strict=True)],
-            "exp_avg_sq": [
-                s["exp_avg_sq"].cpu() if s else z for s, z in zip(states, zeros, strict=True)
-            ],
+            "exp_avg": [m.detach().cpu() for m in self.exp_avg],
+            "exp_avg_sq": [v.detach().cpu() for v in self.exp_avg_sq],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["t"] == 0:
-            return
-        for p, m, v in zip(self.params, state["exp_avg"], state["exp_avg_sq"], strict=True):
-            self.torch_optimizer.state[p] = {
-                "step": torch.tensor(float(state["t"]), dtype=torch.float32, device=p.device),
-                "exp_avg": m.to(p.device).clone(),
-                "exp_avg_sq": v.to(p.device).clone(),
-            }
+        for step in self.steps:
+            step.fill_(float(state["t"]))
+        for mine, saved in zip(
+            self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"], strict=True
+        ):
+            mine.copy_(saved)

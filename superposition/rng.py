@@ -31,13 +31,23 @@ def hash32_int(x: int) -> int:
     return x
 
 
+# The constants as 0-dim tensors: an operation with a Python number first wraps it in a tensor,
+# which costs more than the operation on the small tensors of a sparse batch.
+_SHIFT_15, _SHIFT_16 = torch.tensor(15, dtype=torch.int32), torch.tensor(16, dtype=torch.int32)
+_LOW_16, _LOW_17 = torch.tensor(0xFFFF, dtype=torch.int32), torch.tensor(0x1FFFF, dtype=torch.int32)
+_MULTIPLIER_1 = torch.tensor(_signed32(_M1), dtype=torch.int32)
+_MULTIPLIER_2 = torch.tensor(_signed32(_M2), dtype=torch.int32)
+
+
 def hash32(x: Tensor) -> Tensor:
-    """lowbias32 on an int32 tensor (bits read as unsigned); a bijection of 32-bit words."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _signed32(_M1)
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _signed32(_M2)
-    return x ^ ((x >> 16) & 0xFFFF)
+    """lowbias32 on an int32 tensor (bits read as unsigned); a bijection of 32-bit words.
+
+    The right shifts are arithmetic on int32, so the bits shifted in are masked off."""
+    x = x ^ ((x >> _SHIFT_16) & _LOW_16)
+    x = x * _MULTIPLIER_1
+    x = x ^ ((x >> _SHIFT_15) & _LOW_17)
+    x = x * _MULTIPLIER_2
+    return x ^ ((x >> _SHIFT_16) & _LOW_16)
 
 
 def combine(*parts: int) -> int:

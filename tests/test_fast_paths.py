@@ -13,10 +13,11 @@ import torch
 from superposition import batches
 from superposition.batches import DenseSampler, SparseSampler, make_samplers, unpack
 from superposition.config import Task
-from superposition.gradients import Workspace, loss_and_gradients
+from superposition.gradients import Workspace, gram_pays, loss_and_gradients
 from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
 
 SPECS = [
+    ModelSpec(Task.identity, 5, 2),  # small enough for the Gram-matrix path (gram_pays)
     ModelSpec(Task.identity, 12, 4),
     ModelSpec(Task.identity, 12, 4, hidden_relu=True),
     ModelSpec(Task.abs, 12, 4),
@@ -60,6 +61,7 @@ def autograd_loss_and_grads(spec, params, x, importance):
 def test_hand_written_gradients_equal_autograd(spec, probability, exact_rows, as_entries):
     sampler = sampler_for(spec, probability, exact_rows=exact_rows, as_entries=as_entries)
     assert isinstance(sampler, SparseSampler) == (probability <= batches.SPARSE_MAX_DENSITY)
+    assert gram_pays(spec) == (spec.n_features == 5)
     params = init_params(spec, 3, torch.arange(3))
     params["b_final"] = torch.linspace(-0.3, 0.3, 3 * spec.n_features).view(3, -1)
     importance = 0.9 ** torch.arange(spec.n_features).float().expand(3, -1)
