@@ -374,10 +374,11 @@ def make_samplers(
     probability: list[float],
     batch_size: int,
     n_features: int,
+    exact_rows: bool | None = None,
 ) -> list[tuple[slice, DenseSampler | SparseSampler]]:
     """The samplers of a chunk, by slices of its instances: one dense sampler per run of a dense
     feature probability, one sparse sampler per group of sparse runs (all drawing from one
-    SparseDraws)."""
+    SparseDraws). exact_rows: see SparseSampler (default: on a CPU)."""
     runs = _runs(probability)
     dense = [part for part in runs if not is_sparse(probability[part.start], n_features)]
     sparse_runs = [part for part in runs if part not in dense]
@@ -394,7 +395,9 @@ def make_samplers(
     for part, n_slots, n_rows in sparse:
         as_entries = entries_pay(max(probability[part]), n_features)
         size = part.stop - part.start
-        sampler = SparseSampler(draws, first_slot, size, n_slots, n_rows, as_entries=as_entries)
+        sampler = SparseSampler(
+            draws, first_slot, size, n_slots, n_rows, exact_rows=exact_rows, as_entries=as_entries
+        )
         first_slot = sampler.slots.stop
         samplers.append((part, sampler))
     for part in dense:

@@ -7,14 +7,16 @@ import os
 import torch
 
 from superposition.config import ConfigError, Device
+from superposition.gradients import gram_pays
 from superposition.model import ModelSpec
 
 BYTES_PER_FLOAT = 4
-# Live float tensors of batch size per instance during one training step (features, uniforms,
-# output, target, residual, their gradients), counted generously.
-ACTIVATIONS_PER_FEATURE = 12
-ACTIVATIONS_PER_HIDDEN = 4
-# parameter, gradient, two Adam moments, the update
+# Buffers of batch size per instance that a training step keeps (batches.py, gradients.py): the
+# dense sampler's bits and scratch and its block x, the output and its scratch, one for abs's
+# target at log steps; hidden and its gradient. Sparse batches need fewer.
+ACTIVATIONS_PER_FEATURE = 6
+ACTIVATIONS_PER_HIDDEN = 2
+# parameter, gradient, two Adam moments, the copy that restores frozen instances, one spare
 COPIES_PER_PARAMETER = 6
 FREE_MEMORY_SHARE = 0.5
 
@@ -42,7 +44,8 @@ def bytes_per_instance(spec: ModelSpec, batch_rows: int) -> int:
     activations = batch_rows * (
         ACTIVATIONS_PER_FEATURE * spec.n_features + ACTIVATIONS_PER_HIDDEN * spec.d_hidden
     )
-    return BYTES_PER_FLOAT * (activations + COPIES_PER_PARAMETER * n_params)
+    gram = 2 * spec.n_features**2 if gram_pays(spec) else 0  # G = WᵀW and its gradient
+    return BYTES_PER_FLOAT * (activations + gram + COPIES_PER_PARAMETER * n_params)
 
 
 def plan_chunk_size(

@@ -104,6 +104,8 @@ def results_summary(
         "excluded": [{"level": lv, "restart": r} for lv, r in selection.excluded],
         "train_seconds": trained.seconds,
         "instance_steps_per_s": trained.instance_steps_per_s,
+        # training batches a sparse sampler cut at its capacity (batches.py); expected 0
+        "sampler_overflows": int(trained.sampler_overflows.sum()),
     }
 
 
@@ -159,6 +161,11 @@ def run_job(
             print(
                 f"warning: level {level} (p={float(grid.feature_probability[level]):g}) restart "
                 f"{restart}: loss turned non-finite; frozen and excluded from selection"
+            )
+        if trained.sampler_overflows.sum() > 0:
+            print(
+                f"warning: {int(trained.sampler_overflows.sum())} training batches held more "
+                "active features than the sparse sampler's capacity (mean + 10 sigma) and were cut"
             )
         best = gather_best(trained.params, selection, grid.restarts)
         history = trained.loss_history.view(-1, grid.n_levels, grid.restarts)

@@ -44,8 +44,10 @@ class InstanceAdam:
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        sync_free: bool | None = None,
     ):
         self.params = params
+        self.sync_free = params[0].device.type != "cpu" if sync_free is None else sync_free
         self.kind, self.weight_decay, self.betas, self.eps = kind, weight_decay, betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
@@ -63,11 +65,12 @@ class InstanceAdam:
         """One update with `grads` (default: each parameter's .grad); frozen where not alive.
 
         On a CPU the frozen parameters are only copied when an instance is frozen (reading
-        `alive` costs nothing there); on a GPU always, so that the step never waits for it.
+        `alive` costs nothing there); with sync_free (the default on a GPU) always, so that the
+        step never waits for the device.
         """
         if grads is None:
             grads = [p.grad for p in self.params]
-        restore = alive.device.type != "cpu" or not bool(alive.all())
+        restore = self.sync_free or not bool(alive.all())
         before = [p.detach().clone() for p in self.params] if restore else []
         update = adamw if self.kind == Optimizer.adamw else adam
         update(

@@ -96,8 +96,17 @@ def _groups_of(
     seed: int,
     instances: Annotated[Tensor, "instance"],
     probability: list[float],
+    sync_free: bool,
 ) -> list[_Group]:
-    samplers = make_samplers(spec.task, seed, instances, probability, batch_size, spec.n_features)
+    samplers = make_samplers(
+        spec.task,
+        seed,
+        instances,
+        probability,
+        batch_size,
+        spec.n_features,
+        exact_rows=not sync_free,
+    )
     return [
         _Group(
             part,
@@ -113,7 +122,9 @@ class ChunkRun:
 
     A step samples each group's batch, writes the hand-written gradients (gradients.py) into one
     buffer per parameter, freezes instances whose gradient or loss is not finite, and takes an
-    Adam step. Nothing in it waits for the device.
+    Adam step. With sync_free (the default on a GPU) nothing in a step reads from the device, so
+    the host queues steps ahead of the GPU; on a CPU reading a count is free, and the sparse
+    batches use it to size themselves exactly.
     """
 
     def __init__(
@@ -125,11 +136,13 @@ class ChunkRun:
         probability: list[float],
         importance: Annotated[Tensor, "instance feature"],
         saved: dict | None = None,
+        sync_free: bool | None = None,
     ):
         device = instances.device
+        sync_free = device.type != "cpu" if sync_free is None else sync_free
         self.spec, self.cfg, self.importance = spec, cfg, importance
         self.start = int(instances[0])
-        self.groups = _groups_of(spec, cfg.batch_size, seed, instances, probability)
+        self.groups = _groups_of(spec, cfg.batch_size, seed, instances, probability, sync_free)
         self.logged = history_steps(cfg.steps, cfg.log_every)
         if saved is None:
             self.params = init_params(spec, seed, instances)
@@ -147,7 +160,9 @@ class ChunkRun:
             group.params = {k: v[group.part] for k, v in self.params.items()}
             group.grads = {k: v[group.part] for k, v in self.grads.items()}
             group.importance = importance[group.part]
-        self.optimizer = InstanceAdam(list(self.params.values()), cfg.optimizer, cfg.weight_decay)
+        self.optimizer = InstanceAdam(
+            list(self.params.values()), cfg.optimizer, cfg.weight_decay, sync_free=sync_free
+        )
         if saved is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
             for group in self.groups:

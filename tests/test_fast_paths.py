@@ -12,9 +12,10 @@ import torch
 
 from superposition import batches
 from superposition.batches import DenseSampler, SparseSampler, make_samplers, unpack
-from superposition.config import Task
+from superposition.config import Task, TrainConfig
 from superposition.gradients import Workspace, gram_pays, loss_and_gradients
 from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
+from superposition.train import ChunkRun
 
 SPECS = [
     ModelSpec(Task.identity, 5, 2),  # small enough for the Gram-matrix path (gram_pays)
@@ -183,3 +184,32 @@ def test_capacities_follow_the_mean_plus_ten_sigma():
     q = 1 - 0.999**200
     assert rows == math.ceil(1024 * q + 10 * math.sqrt(1024 * q * (1 - q)) + 10)
     assert batches.sparse_capacities(0.9, 64, 10) == (640, 64)  # never above the batch
+
+
+def test_a_sync_free_step_reads_nothing_from_the_device(monkeypatch):
+    """On a GPU a step must not wait for the device. Here on the CPU, ChunkRun(sync_free=True)
+    (the GPU's setting) runs with every way of reading a tensor's value into Python disabled, and
+    agrees with the default CPU run (which sizes sparse batches exactly)."""
+    spec = ModelSpec(Task.abs, 30, 6)
+    cfg = TrainConfig(steps=12, batch_size=128, log_every=5, lr=1e-2)
+    probability = [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+    importance = torch.ones(6, 30)
+    runs = {
+        sync_free: ChunkRun(spec, cfg, 0, torch.arange(6), probability, importance, None, sync_free)
+        for sync_free in (False, True)
+    }
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a step read a tensor's value on the host")
+
+    with monkeypatch.context() as patched:
+        for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+            patched.setattr(torch.Tensor, name, no_reading)
+        while not runs[True].done:
+            runs[True].advance()
+    while not runs[False].done:
+        runs[False].advance()
+    for name in runs[False].params:
+        torch.testing.assert_close(runs[True].params[name], runs[False].params[name])
+    torch.testing.assert_close(runs[True].history, runs[False].history)
+    assert all(group.sampler.max_rows for group in runs[True].groups)
