@@ -559,7 +559,10 @@ def bench_memory(settings: Settings, w1: Workload) -> dict:
             "project", workload, settings, settings.memory_steps, case_budget
         )
         chunk = memory["chunk_size"]
-        estimate = chunk * bytes_per_instance(workload.spec, settings.batch_size) / MiB
+        probabilities = workload.grid.feature_probability.float().tolist()
+        estimate = (
+            chunk * bytes_per_instance(workload.spec, settings.batch_size, probabilities) / MiB
+        )
         rows.append(
             {
                 "n_instances": workload.n_instances,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 
 import torch
 
+from superposition.batches import is_sparse, sparse_capacities
 from superposition.config import ConfigError, Device
 from superposition.gradients import gram_pays
 from superposition.model import ModelSpec
@@ -16,6 +19,10 @@ BYTES_PER_FLOAT = 4
 # target at log steps; hidden and its gradient. Sparse batches need fewer.
 ACTIVATIONS_PER_FEATURE = 6
 ACTIVATIONS_PER_HIDDEN = 2
+# A sparse batch: its packed block, the output and its scratch; and the integer and float
+# temporaries of drawing one entry slot (batches.SparseDraws and SparseSampler), measured.
+PACKED_PER_FEATURE = 3
+BYTES_PER_SLOT = 256
 # parameter, gradient, two Adam moments, the copy that restores frozen instances, one spare
 COPIES_PER_PARAMETER = 6
 FREE_MEMORY_SHARE = 0.5
@@ -38,14 +45,26 @@ def free_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def bytes_per_instance(spec: ModelSpec, batch_rows: int) -> int:
-    """Peak memory one instance adds to a training step (an upper estimate)."""
+def bytes_per_instance(
+    spec: ModelSpec, batch_rows: int, probabilities: list[float] | None = None
+) -> int:
+    """Peak memory one instance adds to a training step (an upper estimate): the worst of the
+    given feature probabilities (all dense when none are given)."""
     n_params = sum(torch.Size(shape).numel() for shape in spec.param_shapes().values())
-    activations = batch_rows * (
+    gram = 2 * spec.n_features**2 if gram_pays(spec) else 0  # G = WᵀW and its gradient
+    dense = batch_rows * (
         ACTIVATIONS_PER_FEATURE * spec.n_features + ACTIVATIONS_PER_HIDDEN * spec.d_hidden
     )
-    gram = 2 * spec.n_features**2 if gram_pays(spec) else 0  # G = WᵀW and its gradient
-    return BYTES_PER_FLOAT * (activations + gram + COPIES_PER_PARAMETER * n_params)
+    batch_floats = [dense]
+    for p in probabilities or []:
+        if is_sparse(p, spec.n_features):
+            slots, rows = sparse_capacities(p, batch_rows, spec.n_features)
+            packed = rows * (
+                PACKED_PER_FEATURE * spec.n_features + ACTIVATIONS_PER_HIDDEN * spec.d_hidden
+            )
+            batch_floats.append(packed + (slots + 1) * BYTES_PER_SLOT // BYTES_PER_FLOAT)
+    worst = max(batch_floats) if probabilities else dense
+    return BYTES_PER_FLOAT * (worst + gram + COPIES_PER_PARAMETER * n_params)
 
 
 def plan_chunk_size(
@@ -55,6 +74,7 @@ def plan_chunk_size(
     device: torch.device,
     chunk_size: int = 0,
     memory_budget_mb: float = 0.0,
+    probabilities: list[float] | None = None,
 ) -> int:
     """Instances trained at once: chunk_size if set, else what the budget (or free memory) holds."""
     if chunk_size > 0:
@@ -63,5 +83,26 @@ def plan_chunk_size(
         budget = int(memory_budget_mb * 2**20)
     else:
         budget = int(FREE_MEMORY_SHARE * free_memory_bytes(device))
-    fits = budget // bytes_per_instance(spec, batch_rows)
+    fits = budget // bytes_per_instance(spec, batch_rows, probabilities)
     return max(1, min(n_instances, fits))
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_large_blocks_to_the_system(device: torch.device) -> None:
+    """Make glibc serve blocks of 1 MiB and more with mmap, so that freeing them returns them.
+
+    By default glibc raises this threshold whenever a large block is freed, after which large
+    blocks come from its heap, where freed memory is kept: the resident size of a chunked run then
+    exceeds the memory budget by what the heap keeps. The per-step temporaries of the trainer are
+    far smaller, so only its long-lived buffers are affected. Elsewhere (other C libraries, GPUs)
+    nothing is done.
+    """
+    if device.type != "cpu" or platform.system() != "Linux":
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc
+        pass

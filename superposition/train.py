@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from superposition.batches import DenseSampler, SparseSampler, make_samplers
 from superposition.checkpoint import Checkpointer, StopSignals
 from superposition.config import TrainConfig
-from superposition.device import plan_chunk_size
+from superposition.device import plan_chunk_size, return_large_blocks_to_the_system
 from superposition.gradients import Workspace, loss_and_gradients
 from superposition.grid import InstanceGrid
 from superposition.model import ModelSpec, init_params
@@ -185,8 +185,9 @@ class ChunkRun:
                 want_loss=logging,
             )
             losses.append(loss)
-        gradient_sum = sum(g.flatten(1).sum(dim=1) for g in self.grads.values())
-        self.alive &= torch.isfinite(gradient_sum)
+        # ∂b sums g over the batch, and any non-finite value upstream reaches g: checking ∂b
+        # catches a non-finite gradient of any parameter
+        self.alive &= torch.isfinite(self.grads["b_final"]).all(dim=1)
         loss = torch.cat(losses) if logging else None
         if loss is not None:
             self.alive &= torch.isfinite(loss)
@@ -259,10 +260,17 @@ def train_grid(
         seconds_before = saved["seconds"]
     else:
         chunk = plan_chunk_size(
-            spec, n, cfg.batch_size, device, cfg.chunk_size, cfg.memory_budget_mb
+            spec,
+            n,
+            cfg.batch_size,
+            device,
+            cfg.chunk_size,
+            cfg.memory_budget_mb,
+            probabilities=grid.feature_probability.float().tolist(),
         )
         finished, current, seconds_before = [], None, 0.0
     probability = grid.instance_probability().tolist()
+    return_large_blocks_to_the_system(device)
     importance = grid.instance_importance().to(device)
     n_chunks = -(-n // chunk)
     n_done = sum(o["finite"].shape[0] for o in finished)
