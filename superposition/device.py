@@ -87,22 +87,18 @@ def plan_chunk_size(
     return max(1, min(n_instances, fits))
 
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
-MMAP_THRESHOLD_BYTES = 1 << 20
+def release_freed_memory(device: torch.device) -> None:
+    """Hand the memory a finished chunk freed back to the system (glibc's malloc_trim, on a CPU).
 
-
-def return_large_blocks_to_the_system(device: torch.device) -> None:
-    """Make glibc serve blocks of 1 MiB and more with mmap, so that freeing them returns them.
-
-    By default glibc raises this threshold whenever a large block is freed, after which large
-    blocks come from its heap, where freed memory is kept: the resident size of a chunked run then
-    exceeds the memory budget by what the heap keeps. The per-step temporaries of the trainer are
-    far smaller, so only its long-lived buffers are affected. Elsewhere (other C libraries, GPUs)
-    nothing is done.
+    glibc keeps freed heap blocks for reuse; without this, the resident size of a chunked run
+    grows with the number of chunks. (Lowering glibc's mmap threshold instead would also do it,
+    but for the whole process: every large temporary of any later computation would then be
+    mapped and unmapped anew.) Elsewhere (other C libraries; GPUs, whose caching allocator keeps
+    blocks for the next chunk) nothing is done.
     """
     if device.type != "cpu" or platform.system() != "Linux":
         return
     try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass

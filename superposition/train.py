@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from superposition.batches import DenseSampler, SparseSampler, make_samplers
 from superposition.checkpoint import Checkpointer, StopSignals
 from superposition.config import TrainConfig
-from superposition.device import plan_chunk_size, return_large_blocks_to_the_system
+from superposition.device import plan_chunk_size, release_freed_memory
 from superposition.gradients import Workspace, loss_and_gradients
 from superposition.grid import InstanceGrid
 from superposition.model import ModelSpec, init_params
@@ -166,7 +166,8 @@ class ChunkRun:
         if saved is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
             for group in self.groups:
-                group.sampler.overflows.copy_(saved["overflows"][group.part])
+                if "overflows" in saved:  # absent in checkpoints of earlier versions
+                    group.sampler.overflows.copy_(saved["overflows"][group.part])
         self.next_log = sum(1 for s in self.logged if s < self.step)
 
     def advance(self) -> Annotated[Tensor, "instance"] | None:
@@ -270,7 +271,6 @@ def train_grid(
         )
         finished, current, seconds_before = [], None, 0.0
     probability = grid.instance_probability().tolist()
-    return_large_blocks_to_the_system(device)
     importance = grid.instance_importance().to(device)
     n_chunks = -(-n // chunk)
     n_done = sum(o["finite"].shape[0] for o in finished)
@@ -321,6 +321,8 @@ def train_grid(
                     if stop.received:
                         stop.stop(checkpointer.path)
             finished.append(run.outcome())
+            del run
+            release_freed_memory(device)
     joined = _join(finished)
     return TrainResult(
         params=joined["params"],
