@@ -61,6 +61,19 @@ class SweepConfig:
     feature_probability: list[float] = field(
         default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
     )
+    # when set, the grid is relative_importance × feature_probability (r outer): the last feature's
+    # importance is r times feature 0's (the phase diagram); empty = importance decay**i only
+    relative_importance: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    # the course's correlated features: features (0, 1), (2, 3), ... of the first
+    # correlated_pairs pairs are active together (one draw, probability p) with independent
+    # magnitudes; the next anticorrelated_pairs pairs never are: the pair is active with
+    # probability 2p and then exactly one of its two features is (needs p <= 0.5)
+    correlated_pairs: int = 0
+    anticorrelated_pairs: int = 0
 
 
 @dataclass
@@ -106,6 +119,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # set by a preset of conf/experiment/: the run ends with that experiment's verdict (report.md)
+    preset: str | None = None
     seed: int = 0
     device: Device = Device.auto
 
@@ -146,6 +162,33 @@ def validate(cfg: Config) -> None:
             math.isfinite(p) and 0 < p <= 1,
             f"sweep.feature_probability must hold values in (0, 1], got {p}",
         )
+    for r in cfg.sweep.relative_importance:
+        _require(
+            math.isfinite(r) and r > 0,
+            f"sweep.relative_importance must hold finite values > 0, got {r}",
+        )
+    _require(
+        not cfg.sweep.relative_importance or cfg.model.n_features >= 2,
+        "sweep.relative_importance needs model.n_features >= 2 (it sets the last feature's "
+        "importance relative to feature 0's)",
+    )
+    pairs, anti = cfg.data.correlated_pairs, cfg.data.anticorrelated_pairs
+    _require(
+        pairs >= 0 and anti >= 0,
+        f"data.correlated_pairs and data.anticorrelated_pairs must be >= 0, got {pairs}, {anti}",
+    )
+    _require(
+        2 * (pairs + anti) <= cfg.model.n_features,
+        f"data.correlated_pairs + data.anticorrelated_pairs = {pairs + anti} pairs need "
+        f"{2 * (pairs + anti)} features; model.n_features is {cfg.model.n_features}",
+    )
+    if anti:
+        for p in grid:
+            _require(
+                p <= 0.5,
+                f"data.anticorrelated_pairs needs every feature probability <= 0.5 (a pair is "
+                f"active with probability 2p), got {p}",
+            )
     for key in ("restarts", "steps", "batch_size", "log_every"):
         value = getattr(cfg.train, key)
         _require(value >= 1, f"train.{key} must be >= 1, got {value}")
