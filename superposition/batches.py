@@ -33,6 +33,7 @@ from torch import Tensor
 
 from superposition import rng
 from superposition.config import Task
+from superposition.data import check_pairs, pair_features
 
 TRAIN_STREAM = 1  # the stream data.py's dense sampler used for training batches
 GAP_STREAM = 4
@@ -119,7 +120,10 @@ def _hash_(x: Tensor, tmp: Tensor) -> Tensor:
 
 
 class DenseSampler:
-    """Whole batches, one hashed uniform per entry, written into one reused block."""
+    """Whole batches, one hashed uniform per entry, written into one reused block.
+
+    With correlated or anticorrelated pairs, the uniforms of the pair block are kept aside and
+    turned into features by data.pair_features (the evaluation sampler's function)."""
 
     def __init__(
         self,
@@ -129,9 +133,17 @@ class DenseSampler:
         probability: float,
         batch_size: int,
         n_features: int,
+        *,
+        correlated_pairs: int = 0,
+        anticorrelated_pairs: int = 0,
     ):
         n, device = instances.shape[0], instances.device
+        check_pairs(n_features, probability, correlated_pairs, anticorrelated_pairs)
         self.task, self.probability = task, probability
+        self.pairs = (correlated_pairs, anticorrelated_pairs)
+        self.pair_width = 2 * (correlated_pairs + anticorrelated_pairs)
+        if self.pair_width:
+            self.probabilities = torch.full((n,), probability, device=device)
         self.keys = rng.instance_keys(seed, TRAIN_STREAM, instances).view(n, 1, 1)
         positions = torch.arange(batch_size * n_features, device=device, dtype=torch.int32)
         self.hashed_positions = rng.hash32(positions).view(1, batch_size, n_features)
@@ -151,6 +163,7 @@ class DenseSampler:
         # the top 24 bits, signed, to a uniform in (0, 1): (k + 0.5) / 2**24
         torch.bitwise_right_shift(bits, 8, out=self.scratch)
         x.copy_(self.scratch).mul_(2.0**-24).add_(0.5 + 2.0**-25)
+        pair_uniforms = x[..., : self.pair_width].clone() if self.pair_width else None
         if p < 1:
             x.mul_(1 / p)  # u / p: below 1 exactly when the entry is active
             active = self.scratch.view(torch.float32)
@@ -159,6 +172,10 @@ class DenseSampler:
             x.mul_(2).sub_(1)
         if p < 1:
             x.mul_(active)
+        if pair_uniforms is not None:
+            x[..., : self.pair_width] = pair_features(
+                pair_uniforms, self.probabilities, self.task, *self.pairs
+            )
         return Batch(x.shape[0], x.shape[1], zero_rows=0, x=x)
 
 
@@ -375,12 +392,20 @@ def make_samplers(
     batch_size: int,
     n_features: int,
     exact_rows: bool | None = None,
+    *,
+    correlated_pairs: int = 0,
+    anticorrelated_pairs: int = 0,
 ) -> list[tuple[slice, DenseSampler | SparseSampler]]:
     """The samplers of a chunk, by slices of its instances: one dense sampler per run of a dense
     feature probability, one sparse sampler per group of sparse runs (all drawing from one
-    SparseDraws). exact_rows: see SparseSampler (default: on a CPU)."""
+    SparseDraws). exact_rows: see SparseSampler (default: on a CPU). With correlated or
+    anticorrelated pairs every run is sampled densely: the sparse draws know no pairs."""
     runs = _runs(probability)
-    dense = [part for part in runs if not is_sparse(probability[part.start], n_features)]
+    pairs = {"correlated_pairs": correlated_pairs, "anticorrelated_pairs": anticorrelated_pairs}
+    with_pairs = correlated_pairs > 0 or anticorrelated_pairs > 0
+    dense = [
+        part for part in runs if with_pairs or not is_sparse(probability[part.start], n_features)
+    ]
     sparse_runs = [part for part in runs if part not in dense]
     sparse = _sparse_groups(sparse_runs, probability, batch_size, n_features)
     slots, log_stay = [], []
@@ -402,7 +427,7 @@ def make_samplers(
         samplers.append((part, sampler))
     for part in dense:
         sampler = DenseSampler(
-            task, seed, instances[part], probability[part.start], batch_size, n_features
+            task, seed, instances[part], probability[part.start], batch_size, n_features, **pairs
         )
         samplers.append((part, sampler))
     return sorted(samplers, key=lambda pair: pair[0].start)

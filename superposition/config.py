@@ -189,6 +189,13 @@ def validate(cfg: Config) -> None:
                 f"data.anticorrelated_pairs needs every feature probability <= 0.5 (a pair is "
                 f"active with probability 2p), got {p}",
             )
+    if cfg.preset is not None:
+        from superposition.verdicts import PRESETS  # the verdicts know the presets
+
+        _require(
+            cfg.preset in PRESETS,
+            f"preset must be one of {', '.join(PRESETS)} (set by experiment=...), got {cfg.preset}",
+        )
     for key in ("restarts", "steps", "batch_size", "log_every"):
         value = getattr(cfg.train, key)
         _require(value >= 1, f"train.{key} must be >= 1, got {value}")

@@ -11,6 +11,7 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
+from superposition.config import DataConfig
 from superposition.data import EVAL_STREAM, BatchSampler
 from superposition.grid import InstanceGrid
 from superposition.model import ModelSpec, forward, loss_per_instance, target_of
@@ -29,8 +30,11 @@ def evaluate_grid(
     seed: int,
     rows: int,
     device: torch.device,
+    data: DataConfig | None = None,
 ) -> Annotated[Tensor, "instance"]:
-    """Mean held-out loss of every instance, computed in passes of bounded size."""
+    """Mean held-out loss of every instance, computed in passes of bounded size; `data` sets the
+    course's correlated and anticorrelated pairs (default: none)."""
+    data = DataConfig() if data is None else data
     n = grid.n_instances
     instances_per_pass = max(
         1, min(n, EVAL_ELEMENTS_PER_PASS // (MIN_ROWS_PER_PASS * spec.n_features))
@@ -49,6 +53,7 @@ def evaluate_grid(
                 importance[chunk].to(device),
                 seed,
                 rows,
+                data,
             )
         )
     return torch.cat(losses)
@@ -62,6 +67,7 @@ def _evaluate_chunk(
     importance: Annotated[Tensor, "instance feature"],
     seed: int,
     rows: int,
+    data: DataConfig,
 ) -> Annotated[Tensor, "instance"]:
     n = levels.shape[0]
     rows_per_pass = max(1, EVAL_ELEMENTS_PER_PASS // (n * spec.n_features))
@@ -69,7 +75,16 @@ def _evaluate_chunk(
     for row_start in range(0, rows, rows_per_pass):
         n_rows = min(rows_per_pass, rows - row_start)
         sampler = BatchSampler(
-            spec.task, seed, levels, probability, n_rows, spec.n_features, EVAL_STREAM, row_start
+            spec.task,
+            seed,
+            levels,
+            probability,
+            n_rows,
+            spec.n_features,
+            EVAL_STREAM,
+            row_start,
+            correlated_pairs=data.correlated_pairs,
+            anticorrelated_pairs=data.anticorrelated_pairs,
         )
         x = sampler(0)
         loss = loss_per_instance(forward(spec, params, x), target_of(spec, x), importance)

@@ -49,3 +49,28 @@ def sparsity_grid(
         importance=importance.expand(len(feature_probability), n_features).clone(),
         restarts=restarts,
     )
+
+
+def phase_grid(
+    relative_importance: list[float],
+    feature_probability: list[float],
+    n_features: int,
+    decay: float,
+    restarts: int,
+) -> InstanceGrid:
+    """The phase diagram's grid, relative_importance × feature_probability with r outer (level =
+    r index · len(feature_probability) + p index): importance decay**i, except the last feature,
+    whose importance is r times feature 0's."""
+    base = decaying_importance(n_features, decay)
+    importance, probability = [], []
+    for r in relative_importance:
+        for p in feature_probability:
+            vector = base.clone()
+            vector[-1] = r * base[0]
+            importance.append(vector)
+            probability.append(p)
+    return InstanceGrid(
+        feature_probability=torch.tensor(probability, dtype=torch.float64),
+        importance=torch.stack(importance),
+        restarts=restarts,
+    )

@@ -11,7 +11,7 @@ from superposition.checkpoint import Checkpointer, fingerprint
 from superposition.config import Config, ConfigError
 from superposition.device import resolve_device
 from superposition.evaluate import evaluate_grid
-from superposition.grid import InstanceGrid, sparsity_grid
+from superposition.grid import InstanceGrid, phase_grid, sparsity_grid
 from superposition.metrics import level_metrics
 from superposition.model import ModelSpec
 from superposition.outputs import (
@@ -27,6 +27,7 @@ from superposition.plots import PLOTS_DIR, RunData, draw_run
 from superposition.select import Selection, gather_best, select_best
 from superposition.track import Tracker
 from superposition.train import TrainResult, train_grid
+from superposition.verdicts import judge, write_report
 
 
 def model_spec(config: Config) -> ModelSpec:
@@ -39,6 +40,14 @@ def model_spec(config: Config) -> ModelSpec:
 
 
 def build_grid(config: Config) -> InstanceGrid:
+    if config.sweep.relative_importance:
+        return phase_grid(
+            config.sweep.relative_importance,
+            config.sweep.feature_probability,
+            config.model.n_features,
+            config.importance.decay,
+            config.train.restarts,
+        )
     return sparsity_grid(
         config.sweep.feature_probability,
         config.model.n_features,
@@ -74,12 +83,16 @@ def results_summary(
     device: torch.device,
 ) -> dict:
     levels = []
+    relative = config.sweep.relative_importance
     for level in range(grid.n_levels):
         frozen = [r for lv, r in selection.excluded if lv == level]
         levels.append(
             {
                 "feature_probability": float(grid.feature_probability[level]),
                 "importance": grid.importance[level].tolist(),
+                "relative_importance": (
+                    relative[level // len(config.sweep.feature_probability)] if relative else None
+                ),
                 "best_restart": selection.best_restart[level],
                 "eval_loss": selection.best_loss[level],
                 "restart_eval_losses": selection.eval_loss[level].tolist(),
@@ -94,6 +107,13 @@ def results_summary(
         "d_hidden": config.model.d_hidden,
         "hidden_relu": config.model.hidden_relu,
         "importance": grid.importance[0].tolist(),
+        "preset": config.preset,
+        "feature_probability": list(config.sweep.feature_probability),
+        "relative_importance": list(relative),
+        "data": {
+            "correlated_pairs": config.data.correlated_pairs,
+            "anticorrelated_pairs": config.data.anticorrelated_pairs,
+        },
         "restarts": grid.restarts,
         "steps": config.train.steps,
         "seed": config.seed,
@@ -152,9 +172,11 @@ def run_job(
         resume_id=fingerprint({"out_dir": str(out_dir.resolve()), "config": run_fingerprint})[:12],
     )
     with tracker:
-        trained = train_grid(spec, grid, config.train, config.seed, device, checkpointer, saved)
+        trained = train_grid(
+            spec, grid, config.train, config.seed, device, checkpointer, saved, data=config.data
+        )
         eval_loss = evaluate_grid(
-            spec, trained.params, grid, config.seed, config.eval.batch_size, device
+            spec, trained.params, grid, config.seed, config.eval.batch_size, device, config.data
         )
         selection = select_best(eval_loss, trained.finite, grid.restarts)
         for level, restart in selection.excluded:
@@ -178,6 +200,11 @@ def run_job(
         write_tensors(out_dir / WEIGHTS, best)
         write_tensors(out_dir / HISTORY, history_tensors)
         draw_run(RunData(json_safe(results), best, history_tensors), out_dir / PLOTS_DIR)
+        report = None
+        if config.preset is not None:
+            report = judge(config.preset, json_safe(results), best)
+            write_report(out_dir, report)
+            results["verdict"] = "PASS" if report.passed else "FAIL"
         write_json(out_dir / RESULTS, results)
         checkpointer.remove()
 
@@ -188,11 +215,22 @@ def run_job(
             config.wandb.log_every,
         )
         tracker.log_results(results, out_dir)
+        if report is not None:
+            tracker.log_report(report.markdown(), report.summary())
     print_summary(results, out_dir)
+    if report is not None:
+        print(report.markdown().rstrip())
     return results
 
 
+SUMMARY_MAX_LEVELS = 12
+
+
 def print_summary(results: dict, out_dir: Path) -> None:
+    if len(results["levels"]) > SUMMARY_MAX_LEVELS:
+        print(f"{len(results['levels'])} grid points: eval losses in {out_dir / RESULTS}")
+        print(f"results written to {out_dir}")
+        return
     best = ", ".join(
         f"p={level['feature_probability']:g}: "
         + (f"{level['eval_loss']:.4g}" if level["eval_loss"] is not None else "none finite")

@@ -561,8 +561,19 @@ def loss_figure(run: RunData) -> Figure:
 # ------------------------------------------------------------------------------------- drawing
 
 
+def phase_diagram_figure(run: RunData) -> Figure:
+    """The phase diagram of a relative-importance × probability sweep (phase_plot.py)."""
+    from superposition.phase_plot import phase_figure  # it builds on this module's helpers
+    from superposition.verdicts import phase_grid
+
+    return phase_figure(phase_grid(run.results, run.weights), run.results)
+
+
 def figure_makers(run: RunData) -> dict[str, Callable[[RunData], Figure]]:
-    """The figures that apply to this run, by file stem, in drawing order."""
+    """The figures that apply to this run, by file stem, in drawing order. A phase sweep (many
+    grid points of a tiny model) gets its phase diagram instead of one panel per grid point."""
+    if run.results.get("relative_importance"):
+        return {"phase_diagram": phase_diagram_figure}
     makers: dict[str, Callable[[RunData], Figure]] = {}
     if run.results["d_hidden"] == 2:
         makers["features_2d"] = features_2d_figure

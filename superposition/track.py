@@ -274,6 +274,21 @@ class Tracker:
 
         self._guarded("log_results", log)
 
+    def log_report(self, markdown: str, summary: dict[str, Any]) -> None:
+        """A preset's verdict: summary values ('verdict', 'verdict/<check>') and the report as a
+        text panel (key 'report')."""
+
+        def log(run):
+            import html
+
+            import wandb
+
+            panel = wandb.Html(f"<pre>{html.escape(markdown)}</pre>", inject=False)
+            run.log({"report": panel})
+            run.summary.update(summary)
+
+        self._guarded("log_report", log)
+
     def finish(self, exit_code: int = 0) -> None:
         """End the run (offline: close its file). Later calls do nothing."""
         self._guarded("finish", lambda run: run.finish(exit_code=exit_code))

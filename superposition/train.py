@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from superposition.batches import DenseSampler, SparseSampler, make_samplers
 from superposition.checkpoint import Checkpointer, StopSignals
-from superposition.config import TrainConfig
+from superposition.config import DataConfig, TrainConfig
 from superposition.device import plan_chunk_size, release_freed_memory
 from superposition.gradients import Workspace, loss_and_gradients
 from superposition.grid import InstanceGrid
@@ -97,6 +97,8 @@ def _groups_of(
     instances: Annotated[Tensor, "instance"],
     probability: list[float],
     sync_free: bool,
+    correlated_pairs: int = 0,
+    anticorrelated_pairs: int = 0,
 ) -> list[_Group]:
     samplers = make_samplers(
         spec.task,
@@ -106,6 +108,8 @@ def _groups_of(
         batch_size,
         spec.n_features,
         exact_rows=not sync_free,
+        correlated_pairs=correlated_pairs,
+        anticorrelated_pairs=anticorrelated_pairs,
     )
     return [
         _Group(
@@ -124,7 +128,8 @@ class ChunkRun:
     buffer per parameter, freezes instances whose gradient or loss is not finite, and takes an
     Adam step. With sync_free (the default on a GPU) nothing in a step reads from the device, so
     the host queues steps ahead of the GPU; on a CPU reading a count is free, and the sparse
-    batches use it to size themselves exactly.
+    batches use it to size themselves exactly. With correlated or anticorrelated pairs (the
+    course's, see data.pair_features) every group is sampled densely.
     """
 
     def __init__(
@@ -137,12 +142,24 @@ class ChunkRun:
         importance: Annotated[Tensor, "instance feature"],
         saved: dict | None = None,
         sync_free: bool | None = None,
+        *,
+        correlated_pairs: int = 0,
+        anticorrelated_pairs: int = 0,
     ):
         device = instances.device
         sync_free = device.type != "cpu" if sync_free is None else sync_free
         self.spec, self.cfg, self.importance = spec, cfg, importance
         self.start = int(instances[0])
-        self.groups = _groups_of(spec, cfg.batch_size, seed, instances, probability, sync_free)
+        self.groups = _groups_of(
+            spec,
+            cfg.batch_size,
+            seed,
+            instances,
+            probability,
+            sync_free,
+            correlated_pairs,
+            anticorrelated_pairs,
+        )
         self.logged = history_steps(cfg.steps, cfg.log_every)
         if saved is None:
             self.params = init_params(spec, seed, instances)
@@ -245,6 +262,7 @@ def train_grid(
     device: torch.device,
     checkpointer: Checkpointer | None = None,
     saved: dict | None = None,
+    data: DataConfig | None = None,
 ) -> TrainResult:
     """Train all instances of the grid, chunked over the instance axis when memory is short.
 
@@ -252,7 +270,9 @@ def train_grid(
     not depend on the chunk size. `saved` is a state from `checkpointer.load()` to go on from.
     With a checkpointer, a checkpoint is saved every `checkpointer.every` steps, and on SIGTERM,
     SIGUSR2 or SIGINT one is saved before training stops (see checkpoint.StopSignals).
+    `data` sets the course's correlated and anticorrelated pairs (default: none).
     """
+    data = DataConfig() if data is None else data
     n = grid.n_instances
     if saved is not None:
         chunk = saved["chunk_size"]
@@ -308,6 +328,8 @@ def train_grid(
                 probability[start : start + chunk],
                 importance[instances],
                 resume,
+                correlated_pairs=data.correlated_pairs,
+                anticorrelated_pairs=data.anticorrelated_pairs,
             )
             while not run.done:
                 loss = run.advance()

@@ -1,0 +1,127 @@
+"""The paper's phase diagram of a phase sweep (identity 2 -> 1 or 3 -> 2), as a static PNG.
+
+x is the feature probability p, y the extra feature's relative importance r, both on log axes;
+each grid cell is filled with the class of its trained weights (verdicts.phase_grid), a cell
+without finite weights is left blank, and a cell clear of the boundaries whose class is not the
+analytic phase is crossed out. The analytic boundaries are drawn on top: s*(r) (superposition
+wins to its left) and, right of s*(1) = 4/7, the line r = 1 between "not represented" (below) and
+"dedicated" (above). Drawn like plots.py: a plain Agg Figure of a fixed size under plots.STYLE,
+written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import matplotlib.style
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from torch import Tensor
+
+from superposition import analysis, plots
+from superposition.verdicts import PhaseGrid, grid_agreement, phase_grid
+
+SIZE = (7.0, 5.0)  # inches, multiples of 1/4 like plots.py's
+PHASE_COLORS = {
+    analysis.NOT_REPRESENTED: "#d9d9d9",
+    analysis.DEDICATED: "#4c72b0",
+    analysis.SUPERPOSITION: "#dd8452",
+}
+PHASE_LABELS = {
+    analysis.NOT_REPRESENTED: "extra feature not represented",
+    analysis.DEDICATED: "dedicated dimension",
+    analysis.SUPERPOSITION: "superposition",
+}
+BOUNDARY_POINTS = 200
+
+
+def _log_edges(values: list[float]) -> Annotated[np.ndarray, "cell+1"]:
+    """Cell edges around sorted, log-spaced values: geometric midpoints, half a step beyond."""
+    logs = np.log(np.asarray(values, dtype=float))
+    if logs.size == 1:
+        return np.exp(logs + np.array([-0.5, 0.5]) * np.log(10))
+    mids = (logs[1:] + logs[:-1]) / 2
+    first, last = 2 * logs[0] - mids[0], 2 * logs[-1] - mids[-1]
+    return np.exp(np.concatenate([[first], mids, [last]]))
+
+
+def _class_codes(grid: PhaseGrid) -> Annotated[np.ma.MaskedArray, "r p"]:
+    """Rows by increasing r, columns by increasing p: the index of the class in
+    analysis.PHASES, masked where the cell was skipped."""
+    r_order, p_order = np.argsort(grid.r_values), np.argsort(grid.p_values)
+    codes = np.full((len(r_order), len(p_order)), -1)
+    for i, a in enumerate(r_order):
+        for j, b in enumerate(p_order):
+            cls = grid.classes[a][b]
+            codes[i, j] = -1 if cls is None else analysis.PHASES.index(cls)
+    return np.ma.masked_less(codes, 0)
+
+
+def _disagreements(grid: PhaseGrid) -> tuple[list[float], list[float]]:
+    """(p, r) of the cells clear of the boundaries whose class is not the analytic phase."""
+    xs, ys = [], []
+    for r, row in zip(grid.r_values, grid.classes, strict=True):
+        for p, cls in zip(grid.p_values, row, strict=True):
+            clear = analysis.clear_of_boundary(r, p)
+            if cls is not None and clear and cls != analysis.analytic_phase(r, p):
+                xs.append(p)
+                ys.append(r)
+    return xs, ys
+
+
+def _draw_boundaries(ax, r_edges: np.ndarray, p_edges: np.ndarray) -> None:
+    r = np.geomspace(r_edges[0], r_edges[-1], BOUNDARY_POINTS)
+    s = np.array([analysis.phase_boundary(float(v)) for v in r])
+    ax.plot(s, r, color="black", linewidth=1.5)
+    if r_edges[0] < 1 < r_edges[-1]:
+        ax.plot([analysis.phase_boundary(1.0), p_edges[-1]], [1, 1], color="black", linewidth=1.5)
+
+
+def _title(grid: PhaseGrid, results: dict) -> str:
+    fraction, n_cells = grid_agreement(grid)
+    shape = f"identity {results['n_features']} → {results['d_hidden']}"
+    if fraction is None:
+        return f"phase diagram — {shape}: no cell clear of the boundaries"
+    return f"phase diagram — {shape}: {fraction:.0%} of {n_cells} clear cells agree with theory"
+
+
+def phase_figure(grid: PhaseGrid, results: dict) -> Figure:
+    fig = plots._figure(*SIZE)
+    margins = plots.Margins(left=0.7, right=2.2, top=0.5, bottom=0.55)
+    ax = plots._axes_grid(fig, 1, 1, margins)[0, 0]
+    p_edges = _log_edges(sorted(grid.p_values))
+    r_edges = _log_edges(sorted(grid.r_values))
+    colors = [PHASE_COLORS[phase] for phase in analysis.PHASES]
+    cmap = ListedColormap(colors).with_extremes(bad=(1.0, 1.0, 1.0, 0.0))
+    codes = _class_codes(grid)
+    ax.pcolormesh(p_edges, r_edges, codes, cmap=cmap, vmin=-0.5, vmax=len(analysis.PHASES) - 0.5)
+    _draw_boundaries(ax, r_edges, p_edges)
+    xs, ys = _disagreements(grid)
+    ax.scatter(xs, ys, marker="x", color="black", s=30, linewidths=1.0, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(p_edges[0], p_edges[-1])
+    ax.set_ylim(r_edges[0], r_edges[-1])
+    ax.set_xlabel("feature probability p  (1 − S)")
+    ax.set_ylabel("relative importance r of the extra feature")
+    handles = [
+        Patch(color=PHASE_COLORS[phase], label=PHASE_LABELS[phase]) for phase in PHASE_LABELS
+    ]
+    handles.append(Line2D([], [], color="black", linewidth=1.5, label="analytic boundary"))
+    handles.append(
+        Line2D([], [], marker="x", color="black", linestyle="none", label="disagrees with theory")
+    )
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False)
+    plots._suptitle(fig, _title(grid, results))
+    return fig
+
+
+def draw_phase_diagram(results: dict, weights: dict[str, Tensor], path: Path | str) -> Path:
+    """Draw the phase diagram of a phase sweep into `path` (a PNG); return the path."""
+    grid = phase_grid(results, weights)
+    with matplotlib.style.context(["default", plots.STYLE]):
+        return plots.save_png(phase_figure(grid, results), Path(path))

@@ -1,0 +1,728 @@
+"""Each preset's verdict: does the run reproduce what the paper (or the course) reports?
+
+judge(preset, results, weights) reads a finished run (results.json and weights.safetensors, the
+level axis first) and returns a Report: a list of Checks, each an expectation, what was measured
+and whether it holds; the run passes when every check does. write_report saves it as report.md
+and Report.summary() flattens it for the W&B summary. A level whose best_restart is null, or
+whose weights are not all finite, is skipped and named in the report's notes; a check that needs
+that very level fails and says why.
+
+The checks and their thresholds (the geometry, phase and neuron rules are analysis.py's):
+- intro_pentagon (identity 5 -> 2, paper "Demonstrating superposition"): at the densest level
+  exactly two features are represented, ORTHOGONAL_TOLERANCE_DEG of 90° apart; at every level
+  with p <= PENTAGON_MAX_PROBABILITY all features are represented with every angle gap within
+  PENTAGON_TOLERANCE_DEG of 360° / n (72° for n = 5).
+- phase_diagram (identity 2 -> 1 or 3 -> 2, paper "The phase change"): every cell is classified
+  (analysis.classify_cell); on the cells clear of the analytic boundaries the class must be the
+  analytic phase on at least PHASE_AGREEMENT_MIN of them, and there must be at least
+  PHASE_MIN_CELLS such cells.
+- dimensionality (identity 200 -> 20, paper "Feature dimensionality"): at the STICKY_LEVELS
+  sparsest levels together at least STICKY_SHARE_MIN of the represented features have a
+  dimensionality near a sticky value (analysis.sticky_fractions); d_hidden / ‖W‖_F² is lower at
+  the sparsest level than at the densest and, from level to level in order of falling p, never
+  rises by more than DIMENSIONS_RISE_TOLERANCE.
+- privileged_basis (identity with hidden ReLU 10 -> 5): monosemantic fraction (from each level's
+  metrics) at least PRIVILEGED_DENSE_MIN at the densest level and strictly lower at the sparsest.
+- neuron_computation (abs 100 -> 40): monosemantic fraction at least NEURON_DENSE_MIN at the
+  densest level and at most NEURON_SPARSE_MAX at the sparsest.
+- antipodal_neurons (abs 20 -> 10): at every level at least ANTIPODAL_MIN_FEATURES features are
+  computed by an antipodal neuron pair (analysis.antipodal_neuron_pairs).
+- asymmetric_motif (abs 10 -> 10): at every level at least ASYMMETRIC_MIN_NEURONS neurons show
+  asymmetric superposition (analysis.asymmetric_neurons).
+- correlated / anticorrelated (identity, results["data"]): pairs are features (0, 1), (2, 3), ...;
+  the correlated_pairs correlated ones come first, the anticorrelated ones follow. At every level
+  each pair of the preset's kind whose two features are both represented must be orthogonal
+  (correlated) or antipodal (anticorrelated), and at least one such pair must be; in a 2-D
+  hidden space by angle (analysis.ORTHOGONAL_TOLERANCE_DEG / ANTIPODAL_TOLERANCE_DEG), in more
+  dimensions by cosine (|cos| < ORTHOGONAL_MAX_ABS_COS; cos < ANTIPODAL_MAX_COS).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, NamedTuple
+
+import torch
+from torch import Tensor
+
+from superposition import analysis, metrics
+from superposition.outputs import write_atomically
+
+REPORT = "report.md"
+
+# the paper's intro figure shows the pentagon from 90% sparsity on
+PENTAGON_MAX_PROBABILITY = 0.1
+# a trained pentagon is slightly irregular (importances differ by 0.9^i): a little above
+# analysis.POLYGON_TOLERANCE_DEG
+PENTAGON_TOLERANCE_DEG = 6.0
+
+# the paper's diagram matches theory away from the boundaries, not cell for cell
+PHASE_AGREEMENT_MIN = 0.8
+# below this many clear cells one wrong cell already decides the verdict
+PHASE_MIN_CELLS = 8
+
+# the paper: "a surprising fraction" of features sit on the sticky values; most, we ask
+STICKY_SHARE_MIN = 0.5
+# stickiness is a sparse-regime effect (at p = 1 every feature has D = 1, trivially sticky)
+STICKY_LEVELS = 3
+# the curve has plateaus, and restarts add noise: allow small rises between neighbours
+DIMENSIONS_RISE_TOLERANCE = 0.05
+
+# all live neurons (5 of them): one polysemantic neuron already makes 0.8
+PRIVILEGED_DENSE_MIN = 0.99
+# the paper's abs model is mostly monosemantic when dense and mostly polysemantic when sparse
+NEURON_DENSE_MIN = 0.8
+NEURON_SPARSE_MAX = 0.2
+
+# 10 neurons make at most 5 antipodal pairs; 3 shows the motif is used, not an accident
+ANTIPODAL_MIN_FEATURES = 3
+ASYMMETRIC_MIN_NEURONS = 1
+
+# used where the hidden space is not a plane; |cos| 0.2 is about 90° ± 11.5°
+ORTHOGONAL_MAX_ABS_COS = 0.2
+ANTIPODAL_MAX_COS = -0.8
+
+ORTHOGONAL = "orthogonal"
+ANTIPODAL = "antipodal"
+
+# ------------------------------------------------------------------------------------ reports
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    expected: str
+    measured: str
+    passed: bool
+    # the number W&B records for this check (the pass/fail bool when None)
+    value: float | int | bool | None = None
+
+
+@dataclass
+class Report:
+    preset: str
+    title: str
+    checks: list[Check]
+    shows: str = ""  # one line: what the experiment shows
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+    def markdown(self) -> str:
+        lines = [f"# {self.title} (`{self.preset}`)", ""]
+        if self.shows:
+            lines += [self.shows, ""]
+        lines += ["| check | expected | measured | result |", "| --- | --- | --- | --- |"]
+        for c in self.checks:
+            cells = [c.name, c.expected, c.measured, "PASS" if c.passed else "FAIL"]
+            lines.append("| " + " | ".join(_cell(text) for text in cells) + " |")
+        if self.notes:
+            lines += ["", *[f"- {note}" for note in self.notes]]
+        lines += ["", f"verdict: {self.verdict}"]
+        return "\n".join(lines) + "\n"
+
+    def summary(self) -> dict[str, str | float | int | bool]:
+        flat: dict[str, str | float | int | bool] = {"verdict": self.verdict}
+        for c in self.checks:
+            flat[f"verdict/{c.name}"] = c.passed if c.value is None else c.value
+        return flat
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(out_dir: Path | str, report: Report) -> Path:
+    """Write report.md into out_dir, atomically; return its path."""
+    path = Path(out_dir) / REPORT
+    text = report.markdown()
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return path
+
+
+# ------------------------------------------------------------------------------------- levels
+
+
+@dataclass(frozen=True)
+class Level:
+    """One grid point of a run: its W (W1 for abs) and, for abs, W2; None when skipped."""
+
+    index: int
+    p: float
+    r: float | None
+    W: Annotated[Tensor, "hidden feature"] | None
+    W2: Annotated[Tensor, "feature hidden"] | None
+    metrics: dict
+
+    @property
+    def skipped(self) -> bool:
+        return self.W is None
+
+    @property
+    def label(self) -> str:
+        p = f"p = {self.p:g}"
+        return p if self.r is None else f"r = {self.r:g}, {p}"
+
+
+def _finite(weights: dict[str, Tensor], index: int) -> bool:
+    return all(bool(torch.isfinite(v[index]).all()) for v in weights.values())
+
+
+def levels_of(results: dict, weights: dict[str, Tensor]) -> list[Level]:
+    """The run's levels in grid order, float64, with W = W2 = None where skipped."""
+    W_all = metrics.feature_matrix(results["task"], weights)
+    W2_all = weights.get("W2")
+    levels = []
+    for index, row in enumerate(results["levels"]):
+        kept = row.get("best_restart") is not None and _finite(weights, index)
+        levels.append(
+            Level(
+                index=index,
+                p=float(row["feature_probability"]),
+                r=row.get("relative_importance"),
+                W=W_all[index].double() if kept else None,
+                W2=W2_all[index].double() if kept and W2_all is not None else None,
+                metrics=row.get("metrics") or {},
+            )
+        )
+    return levels
+
+
+def _kept(levels: Sequence[Level]) -> list[Level]:
+    return [lv for lv in levels if not lv.skipped]
+
+
+def _densest(levels: Sequence[Level]) -> Level:
+    return max(levels, key=lambda lv: lv.p)
+
+
+def _sparsest(levels: Sequence[Level]) -> Level:
+    return min(levels, key=lambda lv: lv.p)
+
+
+def _skipped_notes(levels: Sequence[Level]) -> list[str]:
+    return [f"{lv.label}: skipped (no finite restart)" for lv in levels if lv.skipped]
+
+
+def _skipped_check(name: str, expected: str, level: Level) -> Check:
+    return Check(name, expected, f"{level.label}: skipped (no finite restart)", False)
+
+
+def _represented(W: Annotated[Tensor, "hidden feature"]) -> list[int]:
+    return torch.nonzero(metrics.represented(W)).flatten().tolist()
+
+
+def _no_level(name: str, expected: str, what: str) -> Check:
+    return Check(name, expected, f"no finite level {what}".rstrip(), False)
+
+
+# ----------------------------------------------------------------------------- intro pentagon
+
+
+def _dense_orthogonal_pair(level: Level) -> Check:
+    name = "dense_orthogonal_pair"
+    tolerance = analysis.ORTHOGONAL_TOLERANCE_DEG
+    expected = f"{level.label}: exactly 2 features represented, 90° ± {tolerance:g}° apart"
+    if level.skipped:
+        return _skipped_check(name, expected, level)
+    kept = _represented(level.W)
+    if len(kept) != 2:
+        return Check(name, expected, f"{level.label}: {len(kept)} features represented", False)
+    angle = analysis.pair_angle(level.W, *kept)
+    measured = f"{level.label}: features {kept[0]} and {kept[1]} represented, {angle:.1f}° apart"
+    return Check(name, expected, measured, abs(angle - 90) <= tolerance, value=angle)
+
+
+def _polygon_text(level: Level, polygon: analysis.Polygon) -> str:
+    if polygon.n_represented == 0:
+        return f"{level.label}: 0 represented"
+    gaps = f"{polygon.min_gap_deg:.1f}–{polygon.max_gap_deg:.1f}°"
+    return f"{level.label}: {polygon.n_represented} represented, gaps {gaps}"
+
+
+def _worst_gap_error(polygons: Sequence[analysis.Polygon], target_deg: float) -> float | None:
+    errors = [
+        max(abs(pg.min_gap_deg - target_deg), abs(pg.max_gap_deg - target_deg))
+        for pg in polygons
+        if pg.n_represented > 0
+    ]
+    return max(errors) if errors else None
+
+
+def _sparse_polygon(levels: Sequence[Level], n_features: int) -> Check:
+    name = "sparse_polygon"
+    target = 360 / n_features
+    expected = (
+        f"every level with p ≤ {PENTAGON_MAX_PROBABILITY:g}: all {n_features} features "
+        f"represented, angle gaps {target:g}° ± {PENTAGON_TOLERANCE_DEG:g}°"
+    )
+    sparse = [lv for lv in _kept(levels) if lv.p <= PENTAGON_MAX_PROBABILITY]
+    if not sparse:
+        return _no_level(name, expected, f"with p ≤ {PENTAGON_MAX_PROBABILITY:g}")
+    polygons = [analysis.regular_polygon(lv.W, PENTAGON_TOLERANCE_DEG) for lv in sparse]
+    passed = all(pg.is_regular and pg.n_represented == n_features for pg in polygons)
+    measured = "; ".join(_polygon_text(lv, pg) for lv, pg in zip(sparse, polygons, strict=True))
+    return Check(name, expected, measured, passed, value=_worst_gap_error(polygons, target))
+
+
+def _judge_intro_pentagon(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    if results["d_hidden"] != 2:
+        measured = f"d_hidden = {results['d_hidden']}"
+        return [Check("hidden_plane", "d_hidden = 2", measured, False)], []
+    checks = [_dense_orthogonal_pair(_densest(levels))]
+    checks.append(_sparse_polygon(levels, results["n_features"]))
+    return checks, []
+
+
+# ------------------------------------------------------------------------------ phase diagram
+
+
+class PhaseGrid(NamedTuple):
+    r_values: list[float]
+    p_values: list[float]
+    classes: list[list[str | None]]  # [r index][p index]; None where the cell was skipped
+
+
+def _phase_axes(results: dict) -> tuple[list[float], list[float]]:
+    """(r values, p values) of a phase sweep; ValueError when results hold no such grid."""
+    r_values = [float(r) for r in results.get("relative_importance") or []]
+    p_values = [float(p) for p in results.get("feature_probability") or []]
+    if not r_values or not p_values:
+        raise ValueError("results hold no relative_importance × feature_probability grid")
+    if len(r_values) * len(p_values) != len(results["levels"]):
+        raise ValueError(
+            f"{len(r_values)} r × {len(p_values)} p values do not match "
+            f"{len(results['levels'])} levels"
+        )
+    return r_values, p_values
+
+
+def _phase_grid(results: dict, levels: Sequence[Level]) -> PhaseGrid:
+    r_values, p_values = _phase_axes(results)
+    classes = [
+        [
+            None if lv.skipped else analysis.classify_cell(lv.W)
+            for lv in levels[a * len(p_values) : (a + 1) * len(p_values)]
+        ]
+        for a in range(len(r_values))
+    ]
+    return PhaseGrid(r_values, p_values, classes)
+
+
+def phase_grid(results: dict, weights: dict[str, Tensor]) -> PhaseGrid:
+    """The class of every cell of a phase sweep (level = r index · len(p) + p index)."""
+    return _phase_grid(results, levels_of(results, weights))
+
+
+def grid_agreement(grid: PhaseGrid, margin: float = analysis.PHASE_MARGIN) -> analysis.Agreement:
+    """analysis.phase_agreement over the cells that were not skipped."""
+    agree = considered = 0
+    for r, row in zip(grid.r_values, grid.classes, strict=True):
+        for s, cls in zip(grid.p_values, row, strict=True):
+            if cls is not None and analysis.clear_of_boundary(r, s, margin):
+                considered += 1
+                agree += cls == analysis.analytic_phase(r, s)
+    return analysis.Agreement(agree / considered if considered else None, considered)
+
+
+def _agreement_check(agreement: analysis.Agreement) -> Check:
+    name = "phase_agreement"
+    expected = (
+        f"class = analytic phase on ≥ {PHASE_AGREEMENT_MIN:.0%} of the cells clear of the "
+        f"boundaries, ≥ {PHASE_MIN_CELLS} such cells"
+    )
+    fraction, n_cells = agreement
+    if fraction is None:
+        return Check(name, expected, "no cell clear of the boundaries", False)
+    measured = f"{round(fraction * n_cells)} of {n_cells} cells agree ({fraction:.0%})"
+    passed = fraction >= PHASE_AGREEMENT_MIN and n_cells >= PHASE_MIN_CELLS
+    return Check(name, expected, measured, passed, value=fraction)
+
+
+_PHASE_LETTER = {
+    analysis.NOT_REPRESENTED: "N",
+    analysis.DEDICATED: "D",
+    analysis.SUPERPOSITION: "S",
+}
+
+
+def _phase_notes(grid: PhaseGrid) -> list[str]:
+    cells = [cls for row in grid.classes for cls in row if cls is not None]
+    counts = ", ".join(f"{phase} {cells.count(phase)}" for phase in analysis.PHASES)
+    p_axis = " ".join(f"{p:g}" for p in grid.p_values)
+    notes = [f"cells by class: {counts}", f"rows by r, columns p = {p_axis} (N/D/S, · skipped):"]
+    for r, row in zip(grid.r_values, grid.classes, strict=True):
+        found = " ".join("·" if cls is None else _PHASE_LETTER[cls] for cls in row)
+        theory = " ".join(_PHASE_LETTER[analysis.analytic_phase(r, p)] for p in grid.p_values)
+        notes.append(f"r = {r:g}: `{found}` (analytic `{theory}`)")
+    return notes
+
+
+def _judge_phase_diagram(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    try:
+        grid = _phase_grid(results, levels)
+    except ValueError as error:
+        return [Check("phase_grid", "an r × p grid in results", str(error), False)], []
+    return [_agreement_check(grid_agreement(grid))], _phase_notes(grid)
+
+
+# ----------------------------------------------------------------------------- dimensionality
+
+
+def _represented_dimensionality(
+    W: Annotated[Tensor, "hidden feature"],
+) -> Annotated[Tensor, "represented"]:
+    summary = analysis.dimensionality_summary(W)
+    return summary.dimensionality[summary.represented]
+
+
+def _dimensions_per_feature(W: Annotated[Tensor, "hidden feature"]) -> float | None:
+    value = float(metrics.dimensions_per_feature(W))
+    return value if math.isfinite(value) else None
+
+
+def _fraction_name(value: float) -> str:
+    return str(Fraction(value).limit_denominator(10))
+
+
+def _shares_text(shares: dict[float, float | None]) -> str:
+    return ", ".join(
+        f"{_fraction_name(v)}: {'–' if s is None else f'{s:.2f}'}" for v, s in shares.items()
+    )
+
+
+def _sticky_at_sparse(levels: Sequence[Level]) -> Check:
+    name = "sticky_when_sparse"
+    sparse = sorted(_kept(levels), key=lambda lv: lv.p)[:STICKY_LEVELS]
+    expected = (
+        f"≥ {STICKY_SHARE_MIN:.0%} of the represented features of the {STICKY_LEVELS} sparsest "
+        f"levels within {analysis.STICKY_TOLERANCE:g} of a sticky value"
+    )
+    if not sparse:
+        return _no_level(name, expected, "")
+    D = torch.cat([_represented_dimensionality(lv.W) for lv in sparse])
+    shares = analysis.sticky_fractions(D)
+    labels = ", ".join(f"{lv.p:g}" for lv in sparse)
+    if D.numel() == 0:
+        return Check(name, expected, f"p = {labels}: no feature represented", False)
+    total = sum(shares.values())
+    measured = f"p = {labels}: {total:.0%} of {D.numel()} features sticky ({_shares_text(shares)})"
+    return Check(name, expected, measured, total >= STICKY_SHARE_MIN, value=total)
+
+
+def _largest_rise(values: Sequence[float]) -> float:
+    return max([0.0, *[b - a for a, b in zip(values, values[1:], strict=False)]])
+
+
+def _dimensions_fall(levels: Sequence[Level]) -> Check:
+    name = "dimensions_per_feature_fall"
+    expected = (
+        "d_hidden / ‖W‖_F² lower at the sparsest level than at the densest, no rise above "
+        f"{DIMENSIONS_RISE_TOLERANCE:g} as p falls"
+    )
+    ordered = sorted(_kept(levels), key=lambda lv: -lv.p)
+    points = [(lv, _dimensions_per_feature(lv.W)) for lv in ordered]
+    points = [(lv, v) for lv, v in points if v is not None]
+    if len(points) < 2:
+        return Check(name, expected, f"{len(points)} level(s) with nonzero weights", False)
+    values = [v for _, v in points]
+    rise = _largest_rise(values)
+    (first, top), (last, bottom) = points[0], points[-1]
+    measured = (
+        f"{top:.3f} (p = {first.p:g}) → {bottom:.3f} (p = {last.p:g}), largest rise {rise:.3f}"
+    )
+    passed = bottom < top and rise <= DIMENSIONS_RISE_TOLERANCE
+    return Check(name, expected, measured, passed, value=bottom / top)
+
+
+def _dimensionality_note(level: Level) -> str:
+    D = _represented_dimensionality(level.W)
+    per_feature = _dimensions_per_feature(level.W)
+    per_text = "–" if per_feature is None else f"{per_feature:.3f}"
+    shares = _shares_text(analysis.sticky_fractions(D))
+    return f"{level.label}: {D.numel()} represented, d/feature {per_text}; sticky shares {shares}"
+
+
+def _judge_dimensionality(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    checks = [_sticky_at_sparse(levels), _dimensions_fall(levels)]
+    return checks, [_dimensionality_note(lv) for lv in _kept(levels)]
+
+
+# ---------------------------------------------------------------------- monosemantic neurons
+
+
+def _monosemantic(level: Level) -> float | None:
+    return None if level.skipped else level.metrics.get("monosemantic_fraction")
+
+
+def _fraction_check(
+    name: str, level: Level, bound: str, holds: Callable[[float], bool] | None
+) -> Check:
+    """Does the level's monosemantic fraction satisfy `holds` (None: nothing to compare with)?"""
+    expected = f"{level.label}: monosemantic fraction {bound}"
+    if level.skipped:
+        return _skipped_check(name, expected, level)
+    fraction = _monosemantic(level)
+    if fraction is None:
+        return Check(name, expected, f"{level.label}: not measured", False)
+    measured = f"{level.label}: {fraction:.2f}"
+    if holds is None:
+        return Check(name, expected, f"{measured}, nothing to compare with", False, fraction)
+    return Check(name, expected, measured, bool(holds(fraction)), value=fraction)
+
+
+def _fractions_note(levels: Sequence[Level]) -> str:
+    values = [(lv, _monosemantic(lv)) for lv in levels]
+    text = "; ".join(f"{lv.label}: {'–' if f is None else f'{f:.2f}'}" for lv, f in values)
+    return f"monosemantic fraction per level: {text}"
+
+
+def _judge_privileged_basis(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    dense, sparse = _densest(levels), _sparsest(levels)
+    dense_fraction = _monosemantic(dense)
+    below = None if dense_fraction is None else (lambda f: f < dense_fraction)
+    dense_text = "–" if dense_fraction is None else f"{dense_fraction:.2f}"
+    checks = [
+        _fraction_check(
+            "dense_monosemantic",
+            dense,
+            f"≥ {PRIVILEGED_DENSE_MIN:g}",
+            lambda f: f >= PRIVILEGED_DENSE_MIN,
+        ),
+        _fraction_check("sparse_polysemantic", sparse, f"< densest level's ({dense_text})", below),
+    ]
+    return checks, [_fractions_note(levels)]
+
+
+def _judge_neuron_computation(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    checks = [
+        _fraction_check(
+            "dense_monosemantic",
+            _densest(levels),
+            f"≥ {NEURON_DENSE_MIN:g}",
+            lambda f: f >= NEURON_DENSE_MIN,
+        ),
+        _fraction_check(
+            "sparse_polysemantic",
+            _sparsest(levels),
+            f"≤ {NEURON_SPARSE_MAX:g}",
+            lambda f: f <= NEURON_SPARSE_MAX,
+        ),
+    ]
+    return checks, [_fractions_note(levels)]
+
+
+# ------------------------------------------------------------------------------ neuron motifs
+
+
+def _antipodal_text(level: Level, features: list[int]) -> str:
+    n_represented = len(_represented(level.W))
+    listed = ", ".join(map(str, features)) or "none"
+    return f"{level.label}: {len(features)} of {n_represented} represented features ({listed})"
+
+
+def _judge_antipodal_neurons(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    name = "antipodal_neuron_pairs"
+    expected = f"at every level ≥ {ANTIPODAL_MIN_FEATURES} features computed by an antipodal pair"
+    kept = [lv for lv in _kept(levels) if lv.W2 is not None]
+    if not kept:
+        return [_no_level(name, expected, "with W1 and W2")], []
+    found = [
+        torch.nonzero(analysis.antipodal_neuron_pairs(lv.W, lv.W2)).flatten().tolist()
+        for lv in kept
+    ]
+    counts = [len(features) for features in found]
+    measured = "; ".join(_antipodal_text(lv, f) for lv, f in zip(kept, found, strict=True))
+    passed = min(counts) >= ANTIPODAL_MIN_FEATURES
+    return [Check(name, expected, measured, passed, value=min(counts))], []
+
+
+def _motif_text(motif: tuple[int, int, int, float]) -> str:
+    neuron, big, small, ratio = motif
+    return f"neuron {neuron}: feature {big} ≈ {ratio:.1f} × feature {small}"
+
+
+def _judge_asymmetric_motif(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    name = "asymmetric_neurons"
+    expected = (
+        f"at every level ≥ {ASYMMETRIC_MIN_NEURONS} neuron reading two features, one "
+        f"≥ {analysis.ASYMMETRIC_RATIO:g} × the other"
+    )
+    kept = _kept(levels)
+    if not kept:
+        return [_no_level(name, expected, "")], []
+    found = [analysis.asymmetric_neurons(lv.W) for lv in kept]
+    measured = "; ".join(
+        f"{lv.label}: {len(motifs)} ({', '.join(map(_motif_text, motifs)) or 'none'})"
+        for lv, motifs in zip(kept, found, strict=True)
+    )
+    counts = [len(motifs) for motifs in found]
+    passed = min(counts) >= ASYMMETRIC_MIN_NEURONS
+    return [Check(name, expected, measured, passed, value=min(counts))], []
+
+
+# ------------------------------------------------------------------------- correlated pairs
+
+
+def feature_pairs(results: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(correlated pairs, anticorrelated pairs): (0, 1), (2, 3), ... in that order."""
+    data = results.get("data") or {}
+    n_correlated = int(data.get("correlated_pairs") or 0)
+    n_anti = int(data.get("anticorrelated_pairs") or 0)
+    pairs = [(2 * k, 2 * k + 1) for k in range(n_correlated + n_anti)]
+    return pairs[:n_correlated], pairs[n_correlated:]
+
+
+def _pair_relation(
+    W: Annotated[Tensor, "hidden feature"], i: int, j: int, relation: str
+) -> tuple[str, bool]:
+    """(text, holds) for the placement of features i and j: by angle in a plane, else cosine."""
+    if W.shape[0] == 2:
+        angle = analysis.pair_angle(W, i, j)
+        if relation == ORTHOGONAL:
+            holds = abs(angle - 90) <= analysis.ORTHOGONAL_TOLERANCE_DEG
+        else:
+            holds = abs(angle - 180) <= analysis.ANTIPODAL_TOLERANCE_DEG
+        return f"({i}, {j}) {angle:.1f}°", holds
+    cos = math.cos(math.radians(analysis.pair_angle(W, i, j)))
+    holds = abs(cos) < ORTHOGONAL_MAX_ABS_COS if relation == ORTHOGONAL else cos < ANTIPODAL_MAX_COS
+    return f"({i}, {j}) cos {cos:+.2f}", holds
+
+
+def _pairs_at_level(
+    level: Level, pairs: Sequence[tuple[int, int]], relation: str
+) -> tuple[str, int, int]:
+    """(text, pairs evaluated, pairs holding) at one level; pairs not both represented are
+    left out of the count."""
+    kept = set(_represented(level.W))
+    parts, evaluated, holding = [], 0, 0
+    for i, j in pairs:
+        if i not in kept or j not in kept:
+            parts.append(f"({i}, {j}) not both represented")
+            continue
+        text, holds = _pair_relation(level.W, i, j, relation)
+        parts.append(text)
+        evaluated += 1
+        holding += holds
+    return f"{level.label}: {', '.join(parts)}", evaluated, holding
+
+
+def _expected_relation(relation: str, plane: bool) -> str:
+    if plane and relation == ORTHOGONAL:
+        return f"90° ± {analysis.ORTHOGONAL_TOLERANCE_DEG:g}°"
+    if plane:
+        return f"180° ± {analysis.ANTIPODAL_TOLERANCE_DEG:g}°"
+    if relation == ORTHOGONAL:
+        return f"|cos| < {ORTHOGONAL_MAX_ABS_COS:g}"
+    return f"cos < {ANTIPODAL_MAX_COS:g}"
+
+
+def _pair_check(
+    name: str, levels: Sequence[Level], pairs: Sequence[tuple[int, int]], relation: str
+) -> Check:
+    plane = any(lv.W.shape[0] == 2 for lv in _kept(levels))
+    expected = (
+        f"at every level each pair with both features represented {relation} "
+        f"({_expected_relation(relation, plane)}), at least one such pair"
+    )
+    if not pairs:
+        return Check(name, expected, "no such pairs in results['data']", False)
+    kept = _kept(levels)
+    if not kept:
+        return _no_level(name, expected, "")
+    rows = [_pairs_at_level(lv, pairs, relation) for lv in kept]
+    passed = all(evaluated >= 1 and holding == evaluated for _, evaluated, holding in rows)
+    evaluated = sum(row[1] for row in rows)
+    share = sum(row[2] for row in rows) / evaluated if evaluated else None
+    measured = "; ".join(row[0] for row in rows)
+    return Check(name, expected, measured, passed, value=share)
+
+
+def _judge_correlated(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    correlated, _ = feature_pairs(results)
+    return [_pair_check("correlated_pairs_orthogonal", levels, correlated, ORTHOGONAL)], []
+
+
+def _judge_anticorrelated(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+    _, anticorrelated = feature_pairs(results)
+    return [_pair_check("anticorrelated_pairs_antipodal", levels, anticorrelated, ANTIPODAL)], []
+
+
+# --------------------------------------------------------------------------------- dispatch
+
+
+class _Preset(NamedTuple):
+    title: str
+    shows: str
+    judge: Callable[[dict, list[Level]], tuple[list[Check], list[str]]]
+
+
+_PRESETS: dict[str, _Preset] = {
+    "intro_pentagon": _Preset(
+        "Demonstrating superposition",
+        "Dense features get orthogonal directions; sparse ones share the plane as a pentagon.",
+        _judge_intro_pentagon,
+    ),
+    "phase_diagram": _Preset(
+        "The phase change",
+        "Whether an extra feature is dropped, dedicated or superposed follows the closed form.",
+        _judge_phase_diagram,
+    ),
+    "dimensionality": _Preset(
+        "Feature dimensionality",
+        "Dimensions per feature fall with sparsity and features stick to simple fractions.",
+        _judge_dimensionality,
+    ),
+    "privileged_basis": _Preset(
+        "Superposition in a privileged basis",
+        "Behind a ReLU, neurons are monosemantic when dense and polysemantic when sparse.",
+        _judge_privileged_basis,
+    ),
+    "neuron_computation": _Preset(
+        "Computation in superposition",
+        "Computing |x|, neurons go from monosemantic (dense) to polysemantic (sparse).",
+        _judge_neuron_computation,
+    ),
+    "antipodal_neurons": _Preset(
+        "Antipodal neuron pairs",
+        "|x| = ReLU(x) + ReLU(-x): a feature is computed by two neurons of opposite signs.",
+        _judge_antipodal_neurons,
+    ),
+    "asymmetric_motif": _Preset(
+        "The asymmetric superposition motif",
+        "A neuron reads two features with very different weights, and the output sorts them out.",
+        _judge_asymmetric_motif,
+    ),
+    "correlated": _Preset(
+        "Correlated features",
+        "Features active together are placed orthogonally, so that they do not interfere.",
+        _judge_correlated,
+    ),
+    "anticorrelated": _Preset(
+        "Anticorrelated features",
+        "Features never active together are placed antipodally: they share a direction for free.",
+        _judge_anticorrelated,
+    ),
+}
+
+PRESETS = tuple(_PRESETS)
+
+
+def judge(preset: str, results: dict, weights: dict[str, Tensor]) -> Report:
+    """The verdict of `preset` on a finished run (results.json, weights.safetensors)."""
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    spec = _PRESETS[preset]
+    levels = levels_of(results, weights)
+    checks, notes = spec.judge(results, levels)
+    return Report(preset, spec.title, checks, spec.shows, [*_skipped_notes(levels), *notes])

@@ -1,0 +1,479 @@
+"""Each preset's verdict on hand-built runs whose right answer is known, and the phase figure."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.image
+import pytest
+import torch
+
+from superposition import analysis, verdicts
+from superposition.phase_plot import SIZE, draw_phase_diagram
+from superposition.plots import DPI
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def unit_vectors(degrees: list[float]) -> torch.Tensor:
+    """Unit vectors at the given angles, as columns: (hidden 2, feature)."""
+    angles = torch.deg2rad(torch.tensor(degrees, dtype=torch.float64))
+    return torch.stack([angles.cos(), angles.sin()])
+
+
+def identity_run(
+    Ws: list[torch.Tensor],
+    probabilities: list[float],
+    nan_levels: tuple[int, ...] = (),
+    **extra,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """results and weights of an identity run with the given W per level (level axis first)."""
+    W = torch.stack(Ws).float()
+    n_features = W.shape[-1]
+    b_final = torch.zeros(len(Ws), n_features)
+    for level in nan_levels:
+        W[level] = math.nan
+        b_final[level] = math.nan
+    levels = [
+        {
+            "feature_probability": p,
+            "importance": [1.0] * n_features,
+            "relative_importance": None,
+            "best_restart": None if level in nan_levels else 0,
+            "eval_loss": None if level in nan_levels else 0.01,
+            "metrics": {},
+        }
+        for level, p in enumerate(probabilities)
+    ]
+    results = {
+        "task": "identity",
+        "n_features": n_features,
+        "d_hidden": W.shape[1],
+        "hidden_relu": False,
+        "importance": [1.0] * n_features,
+        "feature_probability": list(probabilities),
+        "relative_importance": [],
+        "levels": levels,
+        **extra,
+    }
+    return results, {"W": W, "b_final": b_final}
+
+
+def check(report: verdicts.Report, name: str) -> verdicts.Check:
+    (found,) = [c for c in report.checks if c.name == name]
+    return found
+
+
+# ----------------------------------------------------------------------------- intro pentagon
+
+PENTAGON = unit_vectors([0.0, 72.0, 144.0, 216.0, 288.0])
+DENSE_PAIR = torch.cat([torch.eye(2, dtype=torch.float64), torch.zeros(2, 3)], dim=1)
+
+
+def test_pentagon_passes():
+    results, weights = identity_run([DENSE_PAIR, PENTAGON, PENTAGON], [1.0, 0.1, 0.01])
+    report = verdicts.judge("intro_pentagon", results, weights)
+    assert report.passed
+    assert check(report, "dense_orthogonal_pair").value == pytest.approx(90.0)
+    assert check(report, "sparse_polygon").value == pytest.approx(0.0, abs=1e-4)
+    assert "p = 0.1: 5 represented, gaps 72.0–72.0°" in check(report, "sparse_polygon").measured
+
+
+def test_square_instead_of_pentagon_fails_with_the_numbers():
+    # one feature dropped: a square, gaps of 90°, 18° from the pentagon's 72°
+    square = torch.cat([unit_vectors([0.0, 90.0, 180.0, 270.0]), torch.zeros(2, 1)], dim=1)
+    results, weights = identity_run([DENSE_PAIR, square, PENTAGON], [1.0, 0.1, 0.01])
+    report = verdicts.judge("intro_pentagon", results, weights)
+    assert not report.passed
+    assert check(report, "dense_orthogonal_pair").passed
+    polygon = check(report, "sparse_polygon")
+    assert not polygon.passed
+    assert polygon.value == pytest.approx(18.0, abs=1e-4)
+    assert "p = 0.1: 4 represented, gaps 90.0–90.0°" in polygon.measured
+    assert "p = 0.01: 5 represented" in polygon.measured
+    assert "p = 0.1: 4 represented, gaps 90.0–90.0°" in report.markdown()
+
+
+def test_dense_pair_at_an_angle_fails():
+    dense = torch.cat([unit_vectors([0.0, 120.0]), torch.zeros(2, 3)], dim=1)
+    results, weights = identity_run([dense, PENTAGON], [1.0, 0.01])
+    pair = check(verdicts.judge("intro_pentagon", results, weights), "dense_orthogonal_pair")
+    assert not pair.passed
+    assert pair.value == pytest.approx(120.0)
+    # three features represented at p = 1: no angle to measure
+    three = torch.cat([unit_vectors([0.0, 90.0, 180.0]), torch.zeros(2, 2)], dim=1)
+    results, weights = identity_run([three, PENTAGON], [1.0, 0.01])
+    pair = check(verdicts.judge("intro_pentagon", results, weights), "dense_orthogonal_pair")
+    assert (pair.passed, pair.measured) == (False, "p = 1: 3 features represented")
+
+
+def test_nan_levels_are_skipped_and_reported():
+    results, weights = identity_run(
+        [DENSE_PAIR, PENTAGON, PENTAGON], [1.0, 0.1, 0.01], nan_levels=(2,)
+    )
+    report = verdicts.judge("intro_pentagon", results, weights)
+    assert report.passed
+    assert "p = 0.01: skipped (no finite restart)" in report.notes
+    assert "p = 0.01" not in check(report, "sparse_polygon").measured
+    # the level a check is about has no weights: that check fails, saying why
+    results, weights = identity_run([DENSE_PAIR, PENTAGON], [1.0, 0.1], nan_levels=(0,))
+    pair = check(verdicts.judge("intro_pentagon", results, weights), "dense_orthogonal_pair")
+    assert (pair.passed, pair.measured) == (False, "p = 1: skipped (no finite restart)")
+    # every sparse level skipped
+    results, weights = identity_run([DENSE_PAIR, PENTAGON], [1.0, 0.1], nan_levels=(1,))
+    polygon = check(verdicts.judge("intro_pentagon", results, weights), "sparse_polygon")
+    assert (polygon.passed, polygon.measured) == (False, "no finite level with p ≤ 0.1")
+
+
+# ------------------------------------------------------------------------------ phase diagram
+
+R_GRID = [0.1, 0.3, 1.0, 3.0, 10.0]
+P_GRID = [1.0, 0.3, 0.1, 0.03]
+PHASE_W = {
+    analysis.NOT_REPRESENTED: [[1.0, 0.0]],
+    analysis.DEDICATED: [[0.0, 1.0]],
+    analysis.SUPERPOSITION: [[1.0, -1.0]],
+}
+
+
+def phase_run(
+    wrong: set[tuple[float, float]] = frozenset(), nan_cells: set[tuple[float, float]] = frozenset()
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """2 -> 1 over R_GRID × P_GRID, every cell the analytic phase's W except the `wrong` cells,
+    which hold the next phase of analysis.PHASES."""
+    Ws, levels = [], []
+    for r in R_GRID:
+        for p in P_GRID:
+            phase = analysis.analytic_phase(r, p)
+            if (r, p) in wrong:
+                phase = analysis.PHASES[(analysis.PHASES.index(phase) + 1) % 3]
+            Ws.append(torch.tensor(PHASE_W[phase]))
+            levels.append((r, p))
+    nan_levels = tuple(i for i, cell in enumerate(levels) if cell in nan_cells)
+    results, weights = identity_run(Ws, [p for _, p in levels], nan_levels)
+    for level, (r, _) in zip(results["levels"], levels, strict=True):
+        level["relative_importance"] = r
+    results["relative_importance"] = list(R_GRID)
+    results["feature_probability"] = list(P_GRID)
+    return results, weights
+
+
+def clear_cells() -> list[tuple[float, float]]:
+    return [(r, p) for r in R_GRID for p in P_GRID if analysis.clear_of_boundary(r, p)]
+
+
+def test_phase_grid_classifies_every_cell_and_matches_phase_agreement():
+    results, weights = phase_run()
+    grid = verdicts.phase_grid(results, weights)
+    expected = [[analysis.analytic_phase(r, p) for p in P_GRID] for r in R_GRID]
+    assert grid.classes == expected
+    assert verdicts.grid_agreement(grid) == analysis.phase_agreement(expected, R_GRID, P_GRID)
+
+
+def test_analytic_phase_grid_passes():
+    results, weights = phase_run()
+    report = verdicts.judge("phase_diagram", results, weights)
+    assert report.passed
+    agreement = check(report, "phase_agreement")
+    assert agreement.value == 1.0
+    assert agreement.measured == "17 of 17 cells agree (100%)"
+    assert "cells by class: not_represented 4, dedicated 3, superposition 13" in report.notes
+    assert "r = 10: `D D S S` (analytic `D D S S`)" in report.notes
+
+
+def test_phase_grid_with_wrong_cells_fails():
+    wrong = set(clear_cells()[:4])
+    report = verdicts.judge("phase_diagram", *phase_run(wrong))
+    agreement = check(report, "phase_agreement")
+    assert not report.passed
+    assert agreement.value == pytest.approx(13 / 17)
+    assert agreement.measured == "13 of 17 cells agree (76%)"
+    # three wrong cells: 14 / 17 = 0.82 clears the bar
+    assert verdicts.judge("phase_diagram", *phase_run(set(clear_cells()[:3]))).passed
+
+
+def test_skipped_phase_cells_count_neither_way():
+    nan_cells = set(clear_cells()[:10])
+    wrong = set(clear_cells()[10:11])
+    report = verdicts.judge("phase_diagram", *phase_run(wrong, nan_cells))
+    agreement = check(report, "phase_agreement")
+    # 7 clear cells left, one wrong: 6 / 7 agree, but fewer than PHASE_MIN_CELLS cells
+    assert agreement.measured == "6 of 7 cells agree (86%)"
+    assert agreement.value == pytest.approx(6 / 7)
+    assert not agreement.passed
+    assert "r = 0.1, p = 1: skipped (no finite restart)" in report.notes
+
+
+def test_phase_diagram_without_a_grid_fails():
+    results, weights = identity_run([torch.tensor([[1.0, 0.0]])], [0.1])
+    report = verdicts.judge("phase_diagram", results, weights)
+    assert not report.passed
+    assert check(report, "phase_grid").measured == (
+        "results hold no relative_importance × feature_probability grid"
+    )
+
+
+# ----------------------------------------------------------------------------- dimensionality
+
+
+def dimensionality_W(n_digons: int, n_dedicated: int, d_hidden: int) -> torch.Tensor:
+    """n_digons antipodal pairs (D = 1/2) and n_dedicated axes (D = 1) on distinct axes, the
+    other features at zero; (d_hidden, 2 * n_digons + n_dedicated)."""
+    columns = []
+    for k in range(n_digons):
+        axis = torch.zeros(d_hidden, dtype=torch.float64)
+        axis[k] = 1.0
+        columns += [axis, -axis]
+    for k in range(n_digons, n_digons + n_dedicated):
+        axis = torch.zeros(d_hidden, dtype=torch.float64)
+        axis[k] = 1.0
+        columns.append(axis)
+    return torch.stack(columns, dim=1)
+
+
+def test_dimensionality_passes_on_digons_and_falling_curve():
+    # 8 features, 4 hidden: p = 1 four dedicated, p = 0.3 two digons and two dedicated, sparser
+    # four digons; the sticky check reads the three sparsest levels only
+    Ws = [
+        torch.cat([dimensionality_W(0, 4, 4), torch.zeros(4, 4)], dim=1),
+        torch.cat([dimensionality_W(2, 2, 4), torch.zeros(4, 2)], dim=1),
+        *[dimensionality_W(4, 0, 4)] * 3,
+    ]
+    results, weights = identity_run(Ws, [1.0, 0.3, 0.1, 0.03, 0.01])
+    report = verdicts.judge("dimensionality", results, weights)
+    assert report.passed
+    fall = check(report, "dimensions_per_feature_fall")
+    assert fall.measured == "1.000 (p = 1) → 0.500 (p = 0.01), largest rise 0.000"
+    assert fall.value == pytest.approx(0.5)
+    sticky = check(report, "sticky_when_sparse")
+    assert sticky.value == pytest.approx(1.0)
+    assert sticky.measured.startswith("p = 0.01, 0.03, 0.1: 100% of 24 features sticky")
+    assert "1/2: 1.00" in sticky.measured
+    assert any(n.startswith("p = 0.3: 6 represented, d/feature 0.667") for n in report.notes)
+
+
+def test_dimensionality_fails_off_sticky_values_and_rising_curve():
+    # three unit features at 0°, 40°, 80° in a plane: D is none of the sticky values
+    odd = unit_vectors([0.0, 40.0, 80.0])
+    D = analysis.dimensionality_summary(odd).dimensionality
+    assert all(min(abs(d - v) for v in analysis.STICKY_VALUES) > 0.03 for d in D.tolist())
+    dense = torch.eye(2, 3, dtype=torch.float64)  # sticky (D = 1), but not among the sparsest
+    # d/feature 1, 2/3, then 1.04 (a rise of 0.375), then 2/3
+    Ws = [dense, odd, odd * 0.8, odd]
+    results, weights = identity_run(Ws, [1.0, 0.3, 0.1, 0.01])
+    report = verdicts.judge("dimensionality", results, weights)
+    assert not report.passed
+    sticky = check(report, "sticky_when_sparse")
+    assert (sticky.passed, sticky.value) == (False, 0.0)
+    fall = check(report, "dimensions_per_feature_fall")
+    assert not fall.passed
+    assert fall.measured == "1.000 (p = 1) → 0.667 (p = 0.01), largest rise 0.375"
+
+
+# ---------------------------------------------------------------------- monosemantic neurons
+
+
+def with_fractions(results: dict, fractions: list[float | None]) -> dict:
+    for level, fraction in zip(results["levels"], fractions, strict=True):
+        level["metrics"] = {"monosemantic_fraction": fraction}
+    return results
+
+
+PRIVILEGED_P = [0.75, 0.35, 0.15, 0.1, 0.06, 0.02, 0.01]
+
+
+def test_privileged_basis_from_the_metrics():
+    Ws = [torch.eye(5, 10, dtype=torch.float64)] * len(PRIVILEGED_P)
+    results, weights = identity_run(Ws, PRIVILEGED_P)
+    passing = with_fractions(results, [1.0, 1.0, 0.8, 0.8, 0.6, 0.4, 0.4])
+    report = verdicts.judge("privileged_basis", passing, weights)
+    assert report.passed
+    assert check(report, "sparse_polysemantic").measured == "p = 0.01: 0.40"
+    assert report.notes[-1].startswith("monosemantic fraction per level: p = 0.75: 1.00;")
+    failing = with_fractions(results, [0.8, 1.0, 0.8, 0.8, 0.8, 0.8, 0.8])
+    report = verdicts.judge("privileged_basis", failing, weights)
+    assert not check(report, "dense_monosemantic").passed
+    assert check(report, "dense_monosemantic").value == 0.8
+    assert not check(report, "sparse_polysemantic").passed  # 0.8 is not below 0.8
+
+
+def test_neuron_computation_bounds():
+    W1 = torch.zeros(4, 2, 6)
+    W2 = torch.zeros(4, 6, 2)
+    probabilities = [1.0, 0.1, 0.01, 0.001]
+    levels = [
+        {"feature_probability": p, "relative_importance": None, "best_restart": 0, "metrics": {}}
+        for p in probabilities
+    ]
+    results = {"task": "abs", "n_features": 6, "d_hidden": 2, "levels": levels}
+    weights = {"W1": W1, "W2": W2, "b_final": torch.zeros(4, 6)}
+    report = verdicts.judge(
+        "neuron_computation", with_fractions(results, [0.9, 0.5, 0.3, 0.1]), weights
+    )
+    assert report.passed
+    report = verdicts.judge(
+        "neuron_computation", with_fractions(results, [0.9, 0.5, 0.3, 0.25]), weights
+    )
+    assert [c.passed for c in report.checks] == [True, False]
+    assert check(report, "sparse_polysemantic").measured == "p = 0.001: 0.25"
+    # a dead level (every neuron dead: no fraction) is not measured
+    report = verdicts.judge(
+        "neuron_computation", with_fractions(results, [None, 0.5, 0.3, 0.1]), weights
+    )
+    assert check(report, "dense_monosemantic").measured == "p = 1: not measured"
+
+
+# ------------------------------------------------------------------------------ neuron motifs
+
+
+def abs_run(W1: torch.Tensor, W2: torch.Tensor, p: float) -> tuple[dict, dict[str, torch.Tensor]]:
+    n_hidden, n_features = W1.shape
+    level = {"feature_probability": p, "relative_importance": None, "best_restart": 0}
+    results = {"task": "abs", "n_features": n_features, "d_hidden": n_hidden, "levels": [level]}
+    weights = {
+        "W1": W1[None].float(),
+        "W2": W2[None].float(),
+        "b_final": torch.zeros(1, n_features),
+    }
+    return results, weights
+
+
+def antipodal_weights(n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """abs 20 -> 10: features 0 .. n_pairs - 1 each read by neurons 2k (+1) and 2k + 1 (-1) and
+    written back by both; the other neurons read feature 19 alone, written back by nothing."""
+    W1, W2 = torch.zeros(10, 20), torch.zeros(20, 10)
+    for k in range(n_pairs):
+        W1[2 * k, k], W1[2 * k + 1, k] = 1.0, -1.0
+        W2[k, 2 * k] = W2[k, 2 * k + 1] = 1.0
+    W1[2 * n_pairs :, 19] = 0.1
+    return W1, W2
+
+
+def test_antipodal_neurons():
+    report = verdicts.judge("antipodal_neurons", *abs_run(*antipodal_weights(4), 0.5))
+    assert report.passed
+    found = check(report, "antipodal_neuron_pairs")
+    assert found.value == 4
+    assert found.measured == "p = 0.5: 4 of 4 represented features (0, 1, 2, 3)"
+    report = verdicts.judge("antipodal_neurons", *abs_run(*antipodal_weights(2), 0.5))
+    assert not report.passed
+    assert check(report, "antipodal_neuron_pairs").value == 2
+
+
+def test_asymmetric_motif():
+    W1 = torch.eye(10)
+    W1[3, 7] = 0.4  # neuron 3 reads feature 3 at 1.0 and feature 7 at 0.4: ratio 2.5
+    report = verdicts.judge("asymmetric_motif", *abs_run(W1, W1.T.clone(), 0.35))
+    assert report.passed
+    motif = check(report, "asymmetric_neurons")
+    assert motif.value == 1
+    assert motif.measured == "p = 0.35: 1 (neuron 3: feature 3 ≈ 2.5 × feature 7)"
+    W1[3, 7] = 0.6  # ratio 1.67: below ASYMMETRIC_RATIO
+    report = verdicts.judge("asymmetric_motif", *abs_run(W1, W1.T.clone(), 0.35))
+    assert not report.passed
+    assert check(report, "asymmetric_neurons").measured == "p = 0.35: 0 (none)"
+
+
+# -------------------------------------------------------------------------- correlated pairs
+
+ORTHOGONAL_PAIRS = unit_vectors([0.0, 90.0, 180.0, 270.0])  # (0, 1) and (2, 3) at 90°
+ANTIPODAL_PAIRS = unit_vectors([0.0, 180.0, 90.0, 270.0])  # (0, 1) and (2, 3) at 180°
+
+
+def test_correlated_pairs_orthogonal():
+    data = {"correlated_pairs": 2, "anticorrelated_pairs": 0}
+    results, weights = identity_run([ORTHOGONAL_PAIRS, ORTHOGONAL_PAIRS], [0.05, 0.01], data=data)
+    report = verdicts.judge("correlated", results, weights)
+    assert report.passed
+    assert check(report, "correlated_pairs_orthogonal").measured.startswith(
+        "p = 0.05: (0, 1) 90.0°, (2, 3) 90.0°"
+    )
+    results, weights = identity_run([ANTIPODAL_PAIRS], [0.05], data=data)
+    report = verdicts.judge("correlated", results, weights)
+    assert not report.passed
+    assert check(report, "correlated_pairs_orthogonal").value == 0.0
+
+
+def test_anticorrelated_pairs_antipodal_follow_the_correlated_ones():
+    # one correlated pair (0, 1) orthogonal, then anticorrelated pairs (2, 3) and (4, 5)
+    W = unit_vectors([0.0, 90.0, 30.0, 210.0, 120.0, 300.0])
+    data = {"correlated_pairs": 1, "anticorrelated_pairs": 2}
+    results, weights = identity_run([W], [0.02], data=data)
+    assert verdicts.feature_pairs(results) == ([(0, 1)], [(2, 3), (4, 5)])
+    report = verdicts.judge("anticorrelated", results, weights)
+    assert report.passed
+    assert check(report, "anticorrelated_pairs_antipodal").measured == (
+        "p = 0.02: (2, 3) 180.0°, (4, 5) 180.0°"
+    )
+    assert verdicts.judge("correlated", results, weights).passed
+    results, weights = identity_run([ORTHOGONAL_PAIRS], [0.02], data={"anticorrelated_pairs": 2})
+    assert not verdicts.judge("anticorrelated", results, weights).passed
+
+
+def test_pairs_in_more_dimensions_use_cosines_and_skip_unrepresented():
+    # 3 hidden: (0, 1) at cos -0.9, (2, 3) with feature 3 too short to count
+    W = torch.tensor(
+        [[1.0, -0.9, 0.0, 0.0], [0.0, math.sqrt(1 - 0.81), 0.0, 0.0], [0.0, 0.0, 1.0, 0.3]]
+    )
+    data = {"anticorrelated_pairs": 2}
+    results, weights = identity_run([W], [0.02], data=data)
+    found = check(
+        verdicts.judge("anticorrelated", results, weights), "anticorrelated_pairs_antipodal"
+    )
+    assert found.passed
+    assert found.measured == "p = 0.02: (0, 1) cos -0.90, (2, 3) not both represented"
+    assert "cos < -0.8" in found.expected
+    # no pair with both features represented: nothing shows the placement
+    results, weights = identity_run([W[:, [2, 3, 2, 3]]], [0.02], data=data)
+    assert not verdicts.judge("anticorrelated", results, weights).passed
+    # no pairs of the preset's kind at all
+    results, weights = identity_run([W], [0.02])
+    found = check(verdicts.judge("correlated", results, weights), "correlated_pairs_orthogonal")
+    assert found.measured == "no such pairs in results['data']"
+
+
+# ---------------------------------------------------------------------------- reports, files
+
+
+def test_unknown_preset_names_the_allowed_ones():
+    results, weights = identity_run([PENTAGON], [0.1])
+    with pytest.raises(
+        ValueError, match="unknown preset 'pentagon'.*intro_pentagon.*anticorrelated"
+    ):
+        verdicts.judge("pentagon", results, weights)
+    assert len(verdicts.PRESETS) == 9
+
+
+def test_markdown_summary_and_report_file(tmp_path):
+    results, weights = identity_run([DENSE_PAIR, PENTAGON], [1.0, 0.1], nan_levels=())
+    report = verdicts.judge("intro_pentagon", results, weights)
+    text = report.markdown()
+    lines = text.splitlines()
+    assert lines[0] == "# Demonstrating superposition (`intro_pentagon`)"
+    assert "| check | expected | measured | result |" in lines
+    assert any(line.startswith("| sparse_polygon | every level with p ≤ 0.1") for line in lines)
+    assert lines[-1] == "verdict: PASS"
+    assert report.summary() == {
+        "verdict": "PASS",
+        "verdict/dense_orthogonal_pair": pytest.approx(90.0),
+        "verdict/sparse_polygon": pytest.approx(0.0, abs=1e-4),
+    }
+    path = verdicts.write_report(tmp_path / "run", report)
+    assert path == tmp_path / "run" / "report.md"
+    assert path.read_text(encoding="utf-8") == text
+    failing = verdicts.Report("x", "X", [verdicts.Check("a|b", "e", "m", False)])
+    assert failing.markdown().splitlines()[-1] == "verdict: FAIL"
+    assert "| a\\|b | e | m | FAIL |" in failing.markdown()
+    assert failing.summary() == {"verdict": "FAIL", "verdict/a|b": False}
+    assert not verdicts.Report("x", "X", []).passed
+
+
+def test_draw_phase_diagram_writes_the_png(tmp_path):
+    results, weights = phase_run(set(clear_cells()[:2]), {(0.3, 0.3)})
+    path = draw_phase_diagram(results, weights, tmp_path / "plots" / "phase.png")
+    assert path == tmp_path / "plots" / "phase.png"
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == (SIZE[1] * DPI, SIZE[0] * DPI)
+    # the cells are not all one colour: all three classes are drawn
+    assert len({tuple(px) for px in image.reshape(-1, image.shape[-1]).tolist()}) > 3
