@@ -16,8 +16,9 @@ The checks and their thresholds (the geometry, phase and neuron rules are analys
   (analysis.classify_cell); on the cells clear of the analytic boundaries the class must be the
   analytic phase on at least PHASE_AGREEMENT_MIN of them, and there must be at least
   PHASE_MIN_CELLS such cells.
-- dimensionality (identity 200 -> 20, paper "Feature dimensionality"): at the STICKY_LEVELS
-  sparsest levels together at least STICKY_SHARE_MIN of the represented features have a
+- dimensionality (identity 200 -> 20, paper "Feature dimensionality"): over the levels in
+  superposition (all but the densest) whose d_hidden / ‖W‖_F² is at least 3/8 (at least
+  STICKY_MIN_LEVELS of them), at least STICKY_SHARE_MIN of the represented features have a
   dimensionality near a sticky value (analysis.sticky_fractions); d_hidden / ‖W‖_F² is lower at
   the sparsest level than at the densest and, from level to level in order of falling p, never
   rises by more than DIMENSIONS_RISE_TOLERANCE.
@@ -67,8 +68,9 @@ PHASE_MIN_CELLS = 8
 
 # the paper: "a surprising fraction" of features sit on the sticky values; most, we ask
 STICKY_SHARE_MIN = 0.5
-# stickiness is a sparse-regime effect (at p = 1 every feature has D = 1, trivially sticky)
-STICKY_LEVELS = 3
+# levels pooled: those in superposition whose features still span the sticky range (at p = 1 every
+# represented feature has D = 1, trivially sticky; the sparsest levels fall below 3/8)
+STICKY_MIN_LEVELS = 2
 # the curve has plateaus, and restarts add noise: allow small rises between neighbours
 DIMENSIONS_RISE_TOLERANCE = 0.05
 
@@ -401,20 +403,30 @@ def _shares_text(shares: dict[float, float | None]) -> str:
     )
 
 
-def _sticky_at_sparse(levels: Sequence[Level]) -> Check:
-    name = "sticky_when_sparse"
-    sparse = sorted(_kept(levels), key=lambda lv: lv.p)[:STICKY_LEVELS]
+def _sticky_range_levels(levels: Sequence[Level]) -> list[Level]:
+    """Levels in superposition (all but the densest) whose dimensions per feature are still within
+    the sticky values' range: below it (the sparsest levels) features take fractions smaller than
+    the smallest sticky value, 3/8, and the paper's plot shows no plateaus there."""
+    ordered = sorted(_kept(levels), key=lambda lv: -lv.p)[1:]
+    floor = min(analysis.STICKY_VALUES) - analysis.STICKY_TOLERANCE
+    return [lv for lv in ordered if (_dimensions_per_feature(lv.W) or 0.0) >= floor]
+
+
+def _sticky_in_superposition(levels: Sequence[Level]) -> Check:
+    name = "sticky_in_superposition"
     expected = (
-        f"≥ {STICKY_SHARE_MIN:.0%} of the represented features of the {STICKY_LEVELS} sparsest "
-        f"levels within {analysis.STICKY_TOLERANCE:g} of a sticky value"
+        f"≥ {STICKY_SHARE_MIN:.0%} of the represented features of the levels in superposition "
+        f"with d_hidden / ‖W‖_F² ≥ 3/8 within {analysis.STICKY_TOLERANCE:g} of a sticky value, "
+        f"over ≥ {STICKY_MIN_LEVELS} levels"
     )
-    if not sparse:
-        return _no_level(name, expected, "")
-    D = torch.cat([_represented_dimensionality(lv.W) for lv in sparse])
-    shares = analysis.sticky_fractions(D)
-    labels = ", ".join(f"{lv.p:g}" for lv in sparse)
+    pooled = _sticky_range_levels(levels)
+    if len(pooled) < STICKY_MIN_LEVELS:
+        return Check(name, expected, f"{len(pooled)} level(s) in that range", False)
+    D = torch.cat([_represented_dimensionality(lv.W) for lv in pooled])
+    labels = ", ".join(f"{lv.p:g}" for lv in pooled)
     if D.numel() == 0:
         return Check(name, expected, f"p = {labels}: no feature represented", False)
+    shares = analysis.sticky_fractions(D)
     total = sum(shares.values())
     measured = f"p = {labels}: {total:.0%} of {D.numel()} features sticky ({_shares_text(shares)})"
     return Check(name, expected, measured, total >= STICKY_SHARE_MIN, value=total)
@@ -454,7 +466,7 @@ def _dimensionality_note(level: Level) -> str:
 
 
 def _judge_dimensionality(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
-    checks = [_sticky_at_sparse(levels), _dimensions_fall(levels)]
+    checks = [_sticky_in_superposition(levels), _dimensions_fall(levels)]
     return checks, [_dimensionality_note(lv) for lv in _kept(levels)]
 
 

@@ -232,23 +232,26 @@ def dimensionality_W(n_digons: int, n_dedicated: int, d_hidden: int) -> torch.Te
 
 
 def test_dimensionality_passes_on_digons_and_falling_curve():
-    # 8 features, 4 hidden: p = 1 four dedicated, p = 0.3 two digons and two dedicated, sparser
-    # four digons; the sticky check reads the three sparsest levels only
+    # 8 features, 4 hidden: p = 1 four dedicated, p = 0.3 two digons and two dedicated, then four
+    # digons; the sticky check pools the levels after the densest with d/feature >= 3/8, which
+    # leaves out the sparsest one (norms sqrt 2, so d/feature 1/4)
     Ws = [
         torch.cat([dimensionality_W(0, 4, 4), torch.zeros(4, 4)], dim=1),
         torch.cat([dimensionality_W(2, 2, 4), torch.zeros(4, 2)], dim=1),
-        *[dimensionality_W(4, 0, 4)] * 3,
+        *[dimensionality_W(4, 0, 4)] * 2,
+        dimensionality_W(4, 0, 4) * 2**0.5,
     ]
     results, weights = identity_run(Ws, [1.0, 0.3, 0.1, 0.03, 0.01])
     report = verdicts.judge("dimensionality", results, weights)
     assert report.passed
     fall = check(report, "dimensions_per_feature_fall")
-    assert fall.measured == "1.000 (p = 1) → 0.500 (p = 0.01), largest rise 0.000"
-    assert fall.value == pytest.approx(0.5)
-    sticky = check(report, "sticky_when_sparse")
+    assert fall.measured == "1.000 (p = 1) → 0.250 (p = 0.01), largest rise 0.000"
+    assert fall.value == pytest.approx(0.25)
+    sticky = check(report, "sticky_in_superposition")
     assert sticky.value == pytest.approx(1.0)
-    assert sticky.measured.startswith("p = 0.01, 0.03, 0.1: 100% of 24 features sticky")
-    assert "1/2: 1.00" in sticky.measured
+    # p = 0.3: 2 digons (D = 1/2) + 2 dedicated (D = 1); p = 0.1 and 0.03: 8 features at 1/2
+    assert sticky.measured.startswith("p = 0.3, 0.1, 0.03: 100% of 22 features sticky")
+    assert "1/2: 0.91" in sticky.measured and "1: 0.09" in sticky.measured
     assert any(n.startswith("p = 0.3: 6 represented, d/feature 0.667") for n in report.notes)
 
 
@@ -263,7 +266,7 @@ def test_dimensionality_fails_off_sticky_values_and_rising_curve():
     results, weights = identity_run(Ws, [1.0, 0.3, 0.1, 0.01])
     report = verdicts.judge("dimensionality", results, weights)
     assert not report.passed
-    sticky = check(report, "sticky_when_sparse")
+    sticky = check(report, "sticky_in_superposition")
     assert (sticky.passed, sticky.value) == (False, 0.0)
     fall = check(report, "dimensions_per_feature_fall")
     assert not fall.passed
