@@ -33,9 +33,8 @@ from torch import Tensor
 
 from superposition import rng
 from superposition.config import Task
-from superposition.data import check_pairs, pair_features
+from superposition.data import TRAIN_STREAM, check_pairs, pair_features
 
-TRAIN_STREAM = 1  # the stream data.py's dense sampler used for training batches
 GAP_STREAM = 4
 MAGNITUDE_STREAM = 5
 # A level is sampled sparsely when its expected active entries are at most this share of the batch.
@@ -160,7 +159,8 @@ class DenseSampler:
         bits, x, p = self.bits, self.x, self.probability
         torch.bitwise_xor(self.hashed_positions, _step_keys(self.keys, step), out=bits)
         _hash_(bits, self.scratch)
-        # the top 24 bits, signed, to a uniform in (0, 1): (k + 0.5) / 2**24
+        # the top 24 bits, signed, to a uniform j / 2**24 in [0, 1) (float32 rounds the half
+        # step away; u = 0 has probability 2**-24 and gives an active entry of magnitude 0)
         torch.bitwise_right_shift(bits, 8, out=self.scratch)
         x.copy_(self.scratch).mul_(2.0**-24).add_(0.5 + 2.0**-25)
         pair_uniforms = x[..., : self.pair_width].clone() if self.pair_width else None
@@ -301,7 +301,7 @@ class SparseSampler:
         row, feature, packed_row, magnitude = (
             t[self.slots].view(n_instances, -1) for t in self.draws(step)
         )
-        in_batch = magnitude != 0
+        in_batch = row < self.batch_size  # (an abs magnitude may be exactly 0)
         last_packed_row = (packed_row[:, :-1] * in_batch[:, :-1]).amax(dim=1)
         # an entry in the slot past the capacity, or a packed row past the row capacity
         self.overflows += in_batch[:, -1] | (last_packed_row >= self.n_rows)
@@ -335,11 +335,13 @@ def unpack(sampler: DenseSampler | SparseSampler, batch: Batch) -> Tensor:
     if isinstance(sampler, DenseSampler):
         return batch.x.clone()
     row, feature, magnitude = sampler.last_drawn
-    full = torch.zeros(batch.n_instances, sampler.batch_size, sampler.n_features)
+    full = torch.zeros(
+        batch.n_instances, sampler.batch_size, sampler.n_features, device=magnitude.device
+    )
     drawn = magnitude != 0
     instance = sampler.instance_index.expand_as(row)
     full[instance[drawn], row[drawn], feature[drawn]] = magnitude[drawn]
-    return full.to(magnitude.device)
+    return full
 
 
 def _runs(probability: list[float]) -> list[slice]:

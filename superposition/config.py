@@ -196,6 +196,16 @@ def validate(cfg: Config) -> None:
             cfg.preset in PRESETS,
             f"preset must be one of {', '.join(PRESETS)} (set by experiment=...), got {cfg.preset}",
         )
+        needs = {
+            "phase_diagram": (bool(cfg.sweep.relative_importance), "sweep.relative_importance"),
+            "correlated": (cfg.data.correlated_pairs >= 1, "data.correlated_pairs >= 1"),
+            "anticorrelated": (
+                cfg.data.anticorrelated_pairs >= 1,
+                "data.anticorrelated_pairs >= 1",
+            ),
+        }
+        fits, what = needs.get(cfg.preset, (True, ""))
+        _require(fits, f"preset={cfg.preset} judges a run with {what}; set it or drop the preset")
     for key in ("restarts", "steps", "batch_size", "log_every"):
         value = getattr(cfg.train, key)
         _require(value >= 1, f"train.{key} must be >= 1, got {value}")

@@ -48,8 +48,9 @@ def free_memory_bytes(device: torch.device) -> int:
 def bytes_per_instance(
     spec: ModelSpec, batch_rows: int, probabilities: list[float] | None = None
 ) -> int:
-    """Peak memory one instance adds to a training step (an upper estimate): the worst of the
-    given feature probabilities (all dense when none are given)."""
+    """Peak memory one instance adds to a training step (an upper estimate): the worst of a
+    dense batch and the sparse batches of the given feature probabilities (a level may be dense
+    after all, e.g. with correlated pairs)."""
     n_params = sum(torch.Size(shape).numel() for shape in spec.param_shapes().values())
     gram = 2 * spec.n_features**2 if gram_pays(spec) else 0  # G = WᵀW and its gradient
     dense = batch_rows * (

@@ -79,7 +79,8 @@ class _LossReadout:
 
 @dataclass
 class _Group:
-    """Consecutive instances of a chunk that share a feature probability, so one sampler; with
+    """Consecutive instances of a chunk that share one sampler (one feature probability, or
+    merged sparse levels, see batches.make_samplers); with
     views of the chunk's parameters, gradients and importance (taken once: they live as long)."""
 
     part: slice

@@ -17,7 +17,8 @@ The checks and their thresholds (the geometry, phase and neuron rules are analys
   analytic phase on at least PHASE_AGREEMENT_MIN of them, and there must be at least
   PHASE_MIN_CELLS such cells.
 - dimensionality (identity 200 -> 20, paper "Feature dimensionality"): over the levels in
-  superposition (all but the densest) whose d_hidden / ‖W‖_F² is at least 3/8 (at least
+  superposition (all but the densest) whose d_hidden / ‖W‖_F² is at least 3/8 less
+  analysis.STICKY_TOLERANCE (at least
   STICKY_MIN_LEVELS of them), at least STICKY_SHARE_MIN of the represented features have a
   dimensionality near a sticky value (analysis.sticky_fractions); d_hidden / ‖W‖_F² is lower at
   the sparsest level than at the densest and, from level to level in order of falling p, never
@@ -416,7 +417,8 @@ def _sticky_in_superposition(levels: Sequence[Level]) -> Check:
     name = "sticky_in_superposition"
     expected = (
         f"≥ {STICKY_SHARE_MIN:.0%} of the represented features of the levels in superposition "
-        f"with d_hidden / ‖W‖_F² ≥ 3/8 within {analysis.STICKY_TOLERANCE:g} of a sticky value, "
+        f"with d_hidden / ‖W‖_F² ≥ 3/8 − {analysis.STICKY_TOLERANCE:g} within "
+        f"{analysis.STICKY_TOLERANCE:g} of a sticky value, "
         f"over ≥ {STICKY_MIN_LEVELS} levels"
     )
     pooled = _sticky_range_levels(levels)

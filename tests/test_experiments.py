@@ -136,3 +136,18 @@ def test_unknown_preset_is_one_line(tmp_path):
     ]
     assert not (tmp_path / "x").exists()
     assert Path(CONF_DIR / "experiment").is_dir()
+
+
+@pytest.mark.parametrize(
+    "overrides, missing",
+    [
+        (["experiment=correlated", "data.correlated_pairs=0"], "data.correlated_pairs >= 1"),
+        (["experiment=intro_pentagon", "preset=phase_diagram"], "sweep.relative_importance"),
+        (["experiment=anticorrelated", "data.anticorrelated_pairs=0"], "anticorrelated_pairs"),
+    ],
+)
+def test_a_preset_refuses_a_run_it_cannot_judge(compose_config, overrides, missing):
+    from superposition.config import ConfigError
+
+    with pytest.raises(ConfigError, match=missing):
+        to_config(compose_config(*overrides))
