@@ -104,20 +104,6 @@ def sparse_capacities(probability: float, batch_size: int, n_features: int) -> t
     return entries, rows
 
 
-def _step_keys(keys: Annotated[Tensor, "instance"], step: int) -> Annotated[Tensor, "instance"]:
-    return rng.hash32(keys ^ rng._signed32(rng.hash32_int(step * 2 + 1)))
-
-
-def _hash_(x: Tensor, tmp: Tensor) -> Tensor:
-    """rng.hash32 in place (tmp: scratch of x's shape and dtype)."""
-    for shift, mask, multiplier in ((16, 0xFFFF, rng._M1), (15, 0x1FFFF, rng._M2), (16, 0xFFFF, 0)):
-        torch.bitwise_right_shift(x, shift, out=tmp)
-        x.bitwise_xor_(tmp.bitwise_and_(mask))
-        if multiplier:
-            x.mul_(rng._signed32(multiplier))
-    return x
-
-
 class DenseSampler:
     """Whole batches, one hashed uniform per entry, written into one reused block.
 
@@ -157,8 +143,8 @@ class DenseSampler:
 
     def __call__(self, step: int) -> Batch:
         bits, x, p = self.bits, self.x, self.probability
-        torch.bitwise_xor(self.hashed_positions, _step_keys(self.keys, step), out=bits)
-        _hash_(bits, self.scratch)
+        step_keys = rng.hash32(self.keys ^ rng.step_key(step))
+        rng.hash32_(torch.bitwise_xor(self.hashed_positions, step_keys, out=bits), self.scratch)
         # the top 24 bits, signed, to a uniform j / 2**24 in [0, 1) (float32 rounds the half
         # step away; u = 0 has probability 2**-24 and gives an active entry of magnitude 0)
         torch.bitwise_right_shift(bits, 8, out=self.scratch)
@@ -243,7 +229,7 @@ class SparseDraws:
         return total.sub_((total - values).index_select(0, self.segment_start))
 
     def _draw(self, step: int) -> tuple[Tensor, ...]:
-        bits = rng.hash32(self.slot_keys ^ rng._signed32(rng.hash32_int(step * 2 + 1)))
+        bits = rng.hash32(self.slot_keys ^ rng.step_key(step))
         # the 32 bits read as signed, shifted to (k + 0.5) / 2**32 for k = 0 .. 2**32 - 1
         u = bits[0].to(torch.float64).add_(2.0**31 + 0.5).mul_(2.0**-32)
         n_trials = self.batch_size * self.n_features

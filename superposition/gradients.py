@@ -85,6 +85,18 @@ def _target_of(spec: ModelSpec, x: Tensor) -> Tensor:
     return x.abs() if spec.task == Task.abs else x
 
 
+def _add_scaled_rows(
+    source: Annotated[Tensor, "row width"],
+    take: Annotated[Tensor, "slot"],
+    target: Annotated[Tensor, "row width"],
+    put: Annotated[Tensor, "slot"],
+    magnitude: Annotated[Tensor, "slot"],
+) -> None:
+    """target[put[k]] += magnitude[k] · source[take[k]] for every entry slot k."""
+    rows = source.index_select(0, take).mul_(magnitude.unsqueeze(1))
+    target.index_add_(0, put, rows)
+
+
 def _encode(
     spec: ModelSpec,
     encoder: Annotated[Tensor, "instance hid feat"],
@@ -92,15 +104,14 @@ def _encode(
     work: Workspace,
     pre: Annotated[Tensor, "instance row hid"],
 ) -> None:
-    """pre = x encoderᵀ, from the block or from the entries."""
+    """pre = x encoderᵀ, from the block or from the entries (one encoder column per entry)."""
     if batch.entries is None:
         torch.bmm(batch.x, encoder.transpose(1, 2), out=pre)
         return
-    entries = batch.entries
-    by_feature = work.encoder_by_feature
+    entries, by_feature = batch.entries, work.encoder_by_feature
     by_feature.view(-1, spec.n_features, spec.d_hidden).copy_(encoder.transpose(1, 2))
-    columns = by_feature.index_select(0, entries.feature).mul_(entries.magnitude.unsqueeze(1))
-    pre.zero_().view(-1, spec.d_hidden).index_add_(0, entries.row, columns)
+    flat_pre = pre.zero_().view(-1, spec.d_hidden)
+    _add_scaled_rows(by_feature, entries.feature, flat_pre, entries.row, entries.magnitude)
 
 
 def _add_encoder_gradient(
@@ -110,14 +121,13 @@ def _add_encoder_gradient(
     work: Workspace,
     grad: Annotated[Tensor, "instance hid feat"],
 ) -> None:
-    """grad += d_preᵀ x, from the block or from the entries."""
+    """grad += d_preᵀ x, from the block or from the entries (one row of d_pre per entry)."""
     if batch.entries is None:
         grad.baddbmm_(d_pre.transpose(1, 2), batch.x)
         return
-    entries = batch.entries
-    rows = d_pre.view(-1, spec.d_hidden).index_select(0, entries.row)
-    by_feature = work.encoder_by_feature.zero_()
-    by_feature.index_add_(0, entries.feature, rows.mul_(entries.magnitude.unsqueeze(1)))
+    entries, by_feature = batch.entries, work.encoder_by_feature.zero_()
+    flat_d_pre = d_pre.view(-1, spec.d_hidden)
+    _add_scaled_rows(flat_d_pre, entries.row, by_feature, entries.feature, entries.magnitude)
     grad.add_(by_feature.view(-1, spec.n_features, spec.d_hidden).transpose(1, 2))
 
 
@@ -161,6 +171,34 @@ def _loss(
     return (per_feature * importance).sum(dim=1) / (n_rows_total * spec.n_features)
 
 
+def _output_stage(
+    spec: ModelSpec,
+    out: Annotated[Tensor, "instance row feature"],
+    batch: Batch,
+    scratch: Annotated[Tensor, "instance row feature"],
+    entries_target: Tensor | None,
+    b: Annotated[Tensor, "instance feature"],
+    importance: Annotated[Tensor, "instance feature"],
+    grads: dict[str, Tensor],
+    want_loss: bool,
+) -> tuple[Tensor, Annotated[Tensor, "instance feature"], Tensor | None]:
+    """From the output pre-activation `out`: the loss (when want_loss), the bias gradient (into
+    grads["b_final"]), and (g_unscaled in scratch, scale) with g = g_unscaled · scale. The
+    per-feature scale 2 I / (rows · features) is left to the small results (sums and products
+    over rows) rather than applied to the whole block."""
+    relu_b = b.clamp(min=0)
+    loss = None
+    if want_loss:
+        loss = _loss(spec, out, batch, scratch, entries_target, relu_b, importance)
+    scale = importance * (2.0 / ((batch.n_rows + batch.zero_rows) * spec.n_features))
+    g_unscaled = _output_gradient(spec, out, batch, scratch, entries_target)
+    torch.sum(g_unscaled, dim=1, out=grads["b_final"])
+    if batch.zero_rows:
+        grads["b_final"].add_(relu_b, alpha=batch.zero_rows)
+    grads["b_final"].mul_(scale)
+    return g_unscaled, scale, loss
+
+
 def loss_and_gradients(
     spec: ModelSpec,
     params: dict[str, Tensor],
@@ -174,7 +212,6 @@ def loss_and_gradients(
     loss per instance when want_loss (it takes extra passes, so the trainer asks at log steps)."""
     if gram_pays(spec) and batch.entries is None:
         return _gram_gradients(spec, params, batch, importance, grads, work, want_loss)
-    zero_rows, n_rows_total = batch.zero_rows, batch.n_rows + batch.zero_rows
     encoder, decoder, b = _encoder(spec, params), _decoder(spec, params), params["b_final"]
     out, scratch, hidden, d_hidden = work.views(batch.n_rows)
     entries_target = None
@@ -186,20 +223,9 @@ def loss_and_gradients(
         hidden.clamp_(min=0)
     torch.baddbmm(b.unsqueeze(1), hidden, decoder, out=out)  # before the output ReLU
 
-    relu_b = b.clamp(min=0)
-    loss = None
-    if want_loss:
-        loss = _loss(spec, out, batch, scratch, entries_target, relu_b, importance)
-
-    # g = g_unscaled * scale, with the per-feature scale 2 I / (rows · features) applied to the
-    # small results (sums and products over rows) rather than to the whole block
-    scale = importance * (2.0 / (n_rows_total * spec.n_features))
-    g_unscaled = _output_gradient(spec, out, batch, scratch, entries_target)
-
-    torch.sum(g_unscaled, dim=1, out=grads["b_final"])
-    if zero_rows:
-        grads["b_final"].add_(relu_b, alpha=zero_rows)
-    grads["b_final"].mul_(scale)
+    g_unscaled, scale, loss = _output_stage(
+        spec, out, batch, scratch, entries_target, b, importance, grads, want_loss
+    )
 
     scaled_decoder = decoder * scale.unsqueeze(1)
     torch.bmm(g_unscaled, scaled_decoder.transpose(1, 2), out=d_hidden)
@@ -227,23 +253,14 @@ def _gram_gradients(
 ) -> Annotated[Tensor, "instance"] | None:
     """loss_and_gradients of the tied linear model on a dense block, through G = WᵀW:
     out = ReLU(x G + b), ∂L/∂G = xᵀ g and ∂L/∂W = W (∂G + ∂Gᵀ)."""
-    W, b, f = params["W"], params["b_final"], spec.n_features
+    W, b = params["W"], params["b_final"]
     out, scratch, _, _ = work.views(batch.n_rows)
     gram = torch.bmm(W.transpose(1, 2), W, out=work.gram)
     torch.baddbmm(b.unsqueeze(1), batch.x, gram, out=out)
 
-    relu_b = b.clamp(min=0)
-    loss = None
-    if want_loss:
-        loss = _loss(spec, out, batch, scratch, None, relu_b, importance)
-
-    scale = importance * (2.0 / ((batch.n_rows + batch.zero_rows) * f))
-    g_unscaled = _output_gradient(spec, out, batch, scratch, None)
-    torch.sum(g_unscaled, dim=1, out=grads["b_final"])
-    if batch.zero_rows:
-        grads["b_final"].add_(relu_b, alpha=batch.zero_rows)
-    grads["b_final"].mul_(scale)
-
+    g_unscaled, scale, loss = _output_stage(
+        spec, out, batch, scratch, None, b, importance, grads, want_loss
+    )
     d_gram = torch.bmm(batch.x.transpose(1, 2), g_unscaled, out=work.d_gram)
     d_gram.mul_(scale.unsqueeze(1))
     torch.bmm(W, d_gram.add_(d_gram.transpose(1, 2).clone()), out=grads["W"])

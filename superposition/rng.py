@@ -50,6 +50,25 @@ def hash32(x: Tensor) -> Tensor:
     return x ^ ((x >> _SHIFT_16) & _LOW_16)
 
 
+def hash32_(x: Tensor, scratch: Tensor) -> Tensor:
+    """hash32 in place, for large blocks (scratch: a tensor of x's shape and dtype)."""
+    for shift, mask, multiplier in (
+        (_SHIFT_16, _LOW_16, _MULTIPLIER_1),
+        (_SHIFT_15, _LOW_17, _MULTIPLIER_2),
+        (_SHIFT_16, _LOW_16, None),
+    ):
+        torch.bitwise_right_shift(x, shift, out=scratch)
+        x.bitwise_xor_(scratch.bitwise_and_(mask))
+        if multiplier is not None:
+            x.mul_(multiplier)
+    return x
+
+
+def step_key(step: int) -> int:
+    """The signed 32-bit key of training step `step`, mixed into every per-step hash."""
+    return _signed32(hash32_int(step * 2 + 1))
+
+
 def combine(*parts: int) -> int:
     """One 32-bit key from several ints (seed, stream id, step, ...)."""
     key = 0x9E3779B9
@@ -83,5 +102,5 @@ class UniformStream:
         self.keys = keys.view(-1, 1, 1)
 
     def block(self, step: int) -> Tensor:
-        step_key = _signed32(hash32_int(step * 2 + 1))
-        return to_unit_interval(hash32(self.hashed_positions ^ (hash32(self.keys ^ step_key))))
+        step_keys = hash32(self.keys ^ step_key(step))
+        return to_unit_interval(hash32(self.hashed_positions ^ step_keys))

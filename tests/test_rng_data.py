@@ -17,6 +17,12 @@ def test_tensor_hash_matches_the_python_reference():
     assert [h & 0xFFFFFFFF for h in hashed] == [rng.hash32_int(v) for v in values]
 
 
+def test_in_place_hash_equals_the_hash():
+    x = torch.randint(-(2**31), 2**31 - 1, (3, 1000), dtype=torch.int32)
+    expected = rng.hash32(x)
+    assert torch.equal(rng.hash32_(x.clone(), torch.empty_like(x)), expected)
+
+
 def test_hash_is_a_bijection_on_a_block():
     x = torch.arange(-(2**20), 2**20, dtype=torch.int32)
     assert torch.unique(rng.hash32(x)).numel() == x.numel()
