@@ -29,7 +29,6 @@ import ctypes
 import ctypes.util
 import gc
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -56,7 +55,7 @@ from superposition.config import ConfigError, Device, Task, TrainConfig  # noqa:
 from superposition.device import bytes_per_instance, resolve_device  # noqa: E402
 from superposition.evaluate import evaluate_grid  # noqa: E402
 from superposition.grid import InstanceGrid, sparsity_grid  # noqa: E402
-from superposition.model import ModelSpec  # noqa: E402
+from superposition.model import ModelSpec, init_scales  # noqa: E402
 from superposition.train import train_grid  # noqa: E402
 
 SIDES = ("reference", "project")
@@ -157,41 +156,36 @@ def constant_lr(step: int, steps: int) -> float:
 class ReferenceToyModel(nn.Module):
     """The course's ToyModel (identity) and NeuronComputationModel (abs), instances stacked first.
 
-    Activations are (batch, instance, feature), as in the course. One deliberate difference: the
-    course calls nn.init.xavier_normal_ / kaiming_uniform_ on the stacked 3-D tensor, whose fans
-    then include the instance axis (an initialisation that shrinks as instances are added); here
-    each instance gets the per-instance fans that superposition.model uses, so both sides start
-    from the same distribution and the held-out losses compare training, not initialisation.
+    Activations are (batch, instance, feature), as in the course. The initial weights are drawn
+    with torch.rand / torch.randn at the scale superposition.model.init_scales gives for `spec`
+    (the course's effective scale for abs by default: its kaiming_uniform_ on the stacked tensor
+    reads the fan-in as d_hidden · n_features), so both sides start from the same distribution and
+    the held-out losses compare training, not initialisation.
     """
 
     def __init__(
         self,
-        task: Task,
-        n_features: int,
-        d_hidden: int,
+        spec: ModelSpec,
         feature_probability: Annotated[Tensor, "instance"],
         importance: Annotated[Tensor, "instance feature"],
         device: torch.device,
     ):
         super().__init__()
-        n_inst = feature_probability.shape[0]
-        self.task, self.n_inst, self.n_features = task, n_inst, n_features
+        n_inst, n_features = feature_probability.shape[0], spec.n_features
+        self.task, self.n_inst, self.n_features = spec.task, n_inst, n_features
         self.feature_probability = (
             feature_probability.float().to(device).unsqueeze(-1).broadcast_to(n_inst, n_features)
         )
         self.importance = importance.float().to(device).broadcast_to(n_inst, n_features)
-        f, h = n_features, d_hidden
-        if task == Task.identity:
-            std = math.sqrt(2.0 / (h + f))
-            self.W = nn.Parameter(std * torch.randn(n_inst, h, f, device=device))
-        else:
-            self.W1 = nn.Parameter(
-                math.sqrt(6.0 / f) * (2 * torch.rand(n_inst, h, f, device=device) - 1)
-            )
-            self.W2 = nn.Parameter(
-                math.sqrt(6.0 / h) * (2 * torch.rand(n_inst, f, h, device=device) - 1)
-            )
-        self.b_final = nn.Parameter(torch.zeros(n_inst, f, device=device))
+        shapes = spec.param_shapes()
+        for name, init in init_scales(spec).items():
+            shape = (n_inst, *shapes[name])
+            if init.distribution == "normal":
+                weight = init.scale * torch.randn(shape, device=device)
+            else:
+                weight = init.scale * (2 * torch.rand(shape, device=device) - 1)
+            setattr(self, name, nn.Parameter(weight))
+        self.b_final = nn.Parameter(torch.zeros(n_inst, n_features, device=device))
         self.loss_log: list[float] = []
 
     def forward(
@@ -260,9 +254,7 @@ def run_reference(
     torch.manual_seed(seed)
     grid = workload.grid
     model = ReferenceToyModel(
-        workload.task,
-        workload.n_features,
-        workload.d_hidden,
+        workload.spec,
         grid.instance_probability(),
         grid.instance_importance(),
         device,

@@ -37,6 +37,11 @@ Dimensionality: D_i from metrics.dimensionality. The paper's sticky values are S
 represented feature counts for the nearest one when within STICKY_TOLERANCE of it. 2/5 and 3/8
 are only 0.025 apart, less than twice the tolerance, hence "nearest": each feature counts once.
 
+abs baselines (per level, loss as the runner reports it: mean over features of I_i times the
+squared error): abs_constant_loss, every output the constant E|x_i|; abs_no_superposition_loss,
+d_hidden / 2 features computed exactly by antipodal pairs and the rest constant, the best a model
+without superposition can do.
+
 Neurons (abs task, W1 (hidden, feature), W2 (feature, hidden)):
 - a weight is strong when its magnitude exceeds STRONG_WEIGHT (a represented feature split
   evenly over two neurons has |W1| > REPRESENTED_NORM / √2 ≈ 0.35 on each);
@@ -335,6 +340,34 @@ def asymmetric_neurons(
         (h, int(top.indices[h, 0]), int(top.indices[h, 1]), float(big[h] / small[h]))
         for h in torch.nonzero(found).flatten().tolist()
     ]
+
+
+# ------------------------------------------------------------------------------ abs baselines
+
+
+def abs_constant_loss(importance: Sequence[float], p: float) -> float:
+    """abs loss of a model that computes nothing: every output the constant E|x_i| = p / 2,
+    which costs E[(|x_i| - p/2)²] = p/3 - p²/4 per feature (|x_i| uniform on [0, 1] when active)."""
+    return sum(importance) * (p / 3 - p**2 / 4) / len(importance)
+
+
+def abs_no_superposition_loss(importance: Sequence[float], p: float, d_hidden: int) -> float:
+    """abs loss of the best model without superposition: the d_hidden // 2 most important
+    features computed exactly by antipodal neuron pairs (|x| = ReLU(x) + ReLU(-x)), the rest left
+    to the constant p / 2."""
+    order = sorted(importance, reverse=True)
+    return sum(order[d_hidden // 2 :]) * (p / 3 - p**2 / 4) / len(importance)
+
+
+def important_feature_count(d_hidden: int) -> int:
+    """How many of the most important abs features a model should compute for both signs:
+    d_hidden // 4, half of the d_hidden // 2 antipodal pairs its neurons make (at least 1)."""
+    return max(1, d_hidden // 4)
+
+
+def important_features(importance: Sequence[float], count: int) -> list[int]:
+    """The `count` most important features (ties: the lower index first)."""
+    return sorted(range(len(importance)), key=lambda i: (-importance[i], i))[:count]
 
 
 # -------------------------------------------------------------------------------------- files

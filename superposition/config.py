@@ -18,6 +18,14 @@ class Task(str, Enum):
     abs = "abs"
 
 
+class InitScheme(str, Enum):
+    """Scale of the initial weights (model.py, init_scales)."""
+
+    auto = "auto"  # course for abs, per_instance for identity (README, "Initialisation")
+    course = "course"  # the course's effective scale: fan-in d_hidden · n_features
+    per_instance = "per_instance"  # each matrix's own fan-in (and fan-out for Xavier)
+
+
 class Optimizer(str, Enum):
     adam = "adam"
     adamw = "adamw"
@@ -47,6 +55,8 @@ class ModelConfig:
     d_hidden: int = 2
     # identity only: ReLU on the hidden layer, out = ReLU(Wᵀ ReLU(W x) + b) (privileged basis).
     hidden_relu: bool = False
+    # scale of the initial weights: auto, course or per_instance (README, "Initialisation")
+    init: InitScheme = InitScheme.auto
 
 
 @dataclass

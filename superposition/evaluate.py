@@ -90,3 +90,49 @@ def _evaluate_chunk(
         loss = loss_per_instance(forward(spec, params, x), target_of(spec, x), importance)
         total += loss.double() * n_rows
     return (total / rows).float().cpu()
+
+
+@torch.no_grad()
+def feature_loss_ratio(
+    spec: ModelSpec,
+    kept: dict[str, Tensor],
+    grid: InstanceGrid,
+    seed: int,
+    rows: int,
+    device: torch.device,
+    data: DataConfig | None = None,
+) -> Annotated[Tensor, "level feature"]:
+    """Each feature's loss over its loss when dropped (output 0), for the kept instance of every
+    level, on that level's held-out rows: Σ_rows (target_i − out_i)² / Σ_rows target_i².
+
+    1 for a dropped feature, 0 for one computed exactly; about 0.5 for an abs feature computed
+    for one sign only. NaN where feature i is never active in the rows (or the level's weights
+    are not finite). Importance cancels in the ratio.
+    """
+    data = DataConfig() if data is None else data
+    n_levels = grid.n_levels
+    levels = torch.arange(n_levels, device=device)
+    probability = grid.feature_probability.float().to(device)
+    params = {k: v.to(device) for k, v in kept.items()}
+    rows_per_pass = max(1, EVAL_ELEMENTS_PER_PASS // (n_levels * spec.n_features))
+    error = torch.zeros(n_levels, spec.n_features, dtype=torch.float64, device=device)
+    dropped = torch.zeros_like(error)
+    for row_start in range(0, rows, rows_per_pass):
+        sampler = BatchSampler(
+            spec.task,
+            seed,
+            levels,
+            probability,
+            min(rows_per_pass, rows - row_start),
+            spec.n_features,
+            EVAL_STREAM,
+            row_start,
+            correlated_pairs=data.correlated_pairs,
+            anticorrelated_pairs=data.anticorrelated_pairs,
+        )
+        x = sampler(0)
+        target = target_of(spec, x)
+        error += (target - forward(spec, params, x)).pow(2).sum(dim=1).double()
+        dropped += target.pow(2).sum(dim=1).double()
+    ratio = torch.where(dropped > 0, error / dropped.clamp_min(1e-300), torch.nan)
+    return ratio.float().cpu()

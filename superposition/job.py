@@ -6,13 +6,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from superposition.analysis import (
+    abs_constant_loss,
+    abs_no_superposition_loss,
+    important_feature_count,
+    important_features,
+)
 from superposition.checkpoint import Checkpointer, fingerprint
-from superposition.config import Config, ConfigError
+from superposition.config import Config, ConfigError, Task
 from superposition.device import resolve_device
-from superposition.evaluate import evaluate_grid
+from superposition.evaluate import evaluate_grid, feature_loss_ratio
 from superposition.grid import InstanceGrid, phase_grid, sparsity_grid
-from superposition.metrics import level_metrics
+from superposition.metrics import level_metrics, one_sign_features
 from superposition.model import ModelSpec
 from superposition.outputs import (
     HISTORY,
@@ -36,6 +43,7 @@ def model_spec(config: Config) -> ModelSpec:
         n_features=config.model.n_features,
         d_hidden=config.model.d_hidden,
         hidden_relu=config.model.hidden_relu,
+        init=config.model.init,
     )
 
 
@@ -80,6 +88,8 @@ def results_summary(
     trained: TrainResult,
     selection: Selection,
     metrics: list[dict],
+    loss_ratio: Tensor,
+    one_sign: list[list[int] | None],
     device: torch.device,
 ) -> dict:
     levels = []
@@ -98,6 +108,12 @@ def results_summary(
                 "restart_eval_losses": selection.eval_loss[level].tolist(),
                 "excluded_restarts": frozen,
                 "metrics": metrics[level],
+                # per feature: its held-out loss over its loss when dropped (evaluate.py)
+                "feature_loss_ratio": loss_ratio[level].tolist(),
+                "one_sign_features": one_sign[level],
+                "baselines": level_baselines(
+                    config, grid.importance[level].tolist(), float(grid.feature_probability[level])
+                ),
             }
         )
     return {
@@ -106,6 +122,8 @@ def results_summary(
         "n_features": config.model.n_features,
         "d_hidden": config.model.d_hidden,
         "hidden_relu": config.model.hidden_relu,
+        # the initial scale used (model.init with auto resolved; model.py, init_scales)
+        "init": model_spec(config).init_scheme.value,
         "importance": grid.importance[0].tolist(),
         "preset": config.preset,
         "feature_probability": list(config.sweep.feature_probability),
@@ -126,6 +144,17 @@ def results_summary(
         "instance_steps_per_s": trained.instance_steps_per_s,
         # training batches a sparse sampler cut at its capacity (batches.py); expected 0
         "sampler_overflows": int(trained.sampler_overflows.sum()),
+    }
+
+
+def level_baselines(config: Config, importance: list[float], p: float) -> dict | None:
+    """abs: the losses of a constant model and of the best model without superposition
+    (analysis.py); None for identity."""
+    if config.task != Task.abs:
+        return None
+    return {
+        "constant": abs_constant_loss(importance, p),
+        "no_superposition": abs_no_superposition_loss(importance, p, config.model.d_hidden),
     }
 
 
@@ -193,8 +222,12 @@ def run_job(
         best = gather_best(trained.params, selection, grid.restarts)
         history = trained.loss_history.view(-1, grid.n_levels, grid.restarts)
         metrics = level_metrics(config.task.value, best, config.model.hidden_relu)
+        loss_ratio = feature_loss_ratio(
+            spec, best, grid, config.seed, config.eval.batch_size, device, config.data
+        )
+        one_sign = one_sign_features(config.task.value, best)
         results = results_summary(
-            config, run_fingerprint, grid, trained, selection, metrics, device
+            config, run_fingerprint, grid, trained, selection, metrics, loss_ratio, one_sign, device
         )
 
         history_tensors = {"steps": torch.tensor(trained.history_steps), "loss": history}
@@ -242,4 +275,44 @@ def print_summary(results: dict, out_dir: Path) -> None:
         for level in results["levels"]
     )
     print(f"best eval loss per level: {best}")
+    if results["task"] == "abs":
+        print_abs_summary(results["levels"], results["d_hidden"])
     print(f"results written to {out_dir}")
+
+
+def print_abs_summary(levels: list[dict], d_hidden: int) -> None:
+    """Which signs of |x| the kept models compute, and their loss over a constant model's; a
+    warning where important features are computed for one sign only (issue 10's minimum)."""
+    cells = []
+    for level in levels:
+        m, p = level["metrics"], level["feature_probability"]
+        share = _loss_over_constant(level)
+        if share is None or m.get("features_computed_both_signs") is None:
+            cells.append(f"p={p:g}: –")
+            continue
+        both, one = m["features_computed_both_signs"], m["features_computed_one_sign"]
+        cells.append(f"p={p:g}: {both}/{one}, {share:.3f}")
+    print(
+        "features computed for both signs / one sign only, and loss over a constant model's: "
+        + "; ".join(cells)
+    )
+    n_important = important_feature_count(d_hidden)
+    for level in levels:
+        important = set(important_features(level["importance"], n_important))
+        bad = sorted(important.intersection(level.get("one_sign_features") or []))
+        if bad:
+            share = _loss_over_constant(level)
+            loss = "" if share is None else f", the loss {share:.2f} of a constant model's"
+            print(
+                f"warning: p={level['feature_probability']:g}: features "
+                f"{', '.join(map(str, bad))} (of the {n_important} most important) are computed "
+                f"for one sign of x only{loss}; |x| = ReLU(x) + ReLU(-x) needs both: see "
+                "plots/feature_loss.png, and try more train.steps or train.restarts"
+            )
+
+
+def _loss_over_constant(level: dict) -> float | None:
+    baselines = level.get("baselines") or {}
+    if level.get("eval_loss") is None or not baselines.get("constant"):
+        return None
+    return level["eval_loss"] / baselines["constant"]

@@ -105,8 +105,11 @@ def level_metrics(task: str, weights: dict[str, Tensor], hidden_relu: bool) -> l
     mean_dimensionality, mean_interference: means over the represented features (None if none).
     dimensions_per_feature: d_hidden / ‖W‖_F² (None where W = 0).
     monosemantic_fraction: for abs and identity with hidden_relu (None otherwise, or when every
-    neuron is dead). A level whose weights are not all finite (no restart stayed finite) gets None
-    everywhere.
+    neuron is dead).
+    features_computed_both_signs, features_computed_one_sign (abs only, None otherwise): features
+    for which the model returns at least COMPUTED_SHARE of |x| for both signs, for one sign only
+    (computed_fraction).
+    A level whose weights are not all finite (no restart stayed finite) gets None everywhere.
     """
     W_all = feature_matrix(task, weights)
     privileged = has_privileged_basis(task, hidden_relu)
@@ -122,6 +125,8 @@ def level_metrics(task: str, weights: dict[str, Tensor], hidden_relu: bool) -> l
                     "mean_interference": None,
                     "dimensions_per_feature": None,
                     "monosemantic_fraction": None,
+                    "features_computed_both_signs": None,
+                    "features_computed_one_sign": None,
                 }
             )
             continue
@@ -134,6 +139,71 @@ def level_metrics(task: str, weights: dict[str, Tensor], hidden_relu: bool) -> l
                 "mean_interference": _mean(interference(W)[keep]),
                 "dimensions_per_feature": per_feature if per_feature != float("inf") else None,
                 "monosemantic_fraction": monosemantic_fraction(W) if privileged else None,
+                **_sign_metrics(task, weights, level),
             }
         )
+    return rows
+
+
+def _sign_metrics(task: str, weights: dict[str, Tensor], level: int) -> dict[str, int | None]:
+    if task != "abs":
+        return {"features_computed_both_signs": None, "features_computed_one_sign": None}
+    both, one = sign_counts(computed_fraction({k: v[level] for k, v in weights.items()}))
+    return {"features_computed_both_signs": both, "features_computed_one_sign": one}
+
+
+# ------------------------------------------------------------------------ abs: |x| by sign
+
+# a feature's sign is computed when the model returns at least this share of |x| for it
+COMPUTED_SHARE = 0.5
+# magnitudes at which a feature is fed alone: midpoints of 8 equal bins of (0, 1], the
+# magnitude distribution of abs
+PROBE_MAGNITUDES = tuple((k + 0.5) / 8 for k in range(8))
+
+
+def computed_fraction(
+    weights: dict[str, Tensor],
+) -> Annotated[Tensor, "... sign feature"]:
+    """What share of |x| the abs model computes for each feature fed alone, by sign.
+
+    For feature i and sign s (index 0: x > 0, index 1: x < 0) the input is x = s·m·e_i at each of
+    PROBE_MAGNITUDES; the share is Σ_m (out_i(x) − out_i(0)) / Σ_m m, so 1 for |x| computed
+    exactly, 0 for a constant output (a dropped feature, or the wrong sign of a one-neuron
+    feature). out_i(0) = ReLU(b_i) is taken off so that a constant bias does not count.
+    """
+    W1, W2 = weights["W1"].double(), weights["W2"].double()
+    b = weights["b_final"].double()
+    magnitudes = torch.tensor(PROBE_MAGNITUDES, dtype=torch.float64)
+    shares = []
+    for sign in (1.0, -1.0):
+        # feature i alone at magnitude m reaches its own output as m · Σ_h W2[i, h] ReLU(s W1[h, i])
+        gain = (W2 * torch.relu(sign * W1).transpose(-1, -2)).sum(dim=-1)  # (..., feature)
+        out = torch.relu(gain.unsqueeze(-1) * magnitudes + b.unsqueeze(-1))  # (..., feature, m)
+        computed = (out - torch.relu(b).unsqueeze(-1)).sum(dim=-1) / magnitudes.sum()
+        shares.append(computed)
+    return torch.stack(shares, dim=-2)
+
+
+def sign_counts(share: Annotated[Tensor, "sign feature"]) -> tuple[int, int]:
+    """(features computed for both signs, features computed for one sign only)."""
+    computed = share >= COMPUTED_SHARE
+    both = computed.all(dim=-2)
+    one = computed.any(dim=-2) & ~both
+    return int(both.sum()), int(one.sum())
+
+
+def one_sign_features(task: str, weights: dict[str, Tensor]) -> list[list[int] | None]:
+    """abs, per level (level axis first): the features computed for one sign of x only; None
+    for a level whose weights are not all finite, and for identity."""
+    if task != "abs":
+        return [None] * next(iter(weights.values())).shape[0]
+    rows = []
+    for level in range(weights["W1"].shape[0]):
+        params = {k: v[level] for k, v in weights.items()}
+        if not all(bool(torch.isfinite(v).all()) for v in params.values()):
+            rows.append(None)
+            continue
+        computed = computed_fraction(params) >= COMPUTED_SHARE
+        one = computed.any(dim=-2) & ~computed.all(dim=-2)
+        rows.append(torch.nonzero(one).flatten().tolist())
     return rows

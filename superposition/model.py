@@ -15,7 +15,7 @@ from einops import einsum
 from torch import Tensor
 
 from superposition import rng
-from superposition.config import Task
+from superposition.config import InitScheme, Task
 
 INIT_STREAM = 3
 
@@ -26,6 +26,14 @@ class ModelSpec:
     n_features: int
     d_hidden: int
     hidden_relu: bool = False
+    init: InitScheme = InitScheme.auto
+
+    @property
+    def init_scheme(self) -> InitScheme:
+        """The scheme `auto` stands for: course for abs, per_instance for identity."""
+        if self.init != InitScheme.auto:
+            return self.init
+        return InitScheme.course if self.task == Task.abs else InitScheme.per_instance
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one instance's parameters, by name (the names used in weights.safetensors)."""
@@ -35,6 +43,40 @@ class ModelSpec:
         return {"W1": (h, f), "W2": (f, h), "b_final": (f,)}
 
 
+@dataclass(frozen=True)
+class InitScale:
+    """How one weight matrix starts: normal with std `scale`, or uniform in ±`scale`."""
+
+    distribution: str  # "normal" or "uniform"
+    scale: float
+
+
+def init_scales(spec: ModelSpec) -> dict[str, InitScale]:
+    """The initial distribution of every weight matrix (biases start at zero).
+
+    The course initialises its stacked (instance, rows, cols) tensors with torch's initialisers,
+    which read the fan-in as rows · cols = d_hidden · n_features:
+    - course: abs W1 and W2 Kaiming-uniform, bound sqrt(6 / (d_hidden · n_features)), as in the
+      course; identity W Xavier-normal with both fans d_hidden · n_features, std
+      sqrt(1 / (d_hidden · n_features)) (the course's fan-out also counts its instances, which
+      would make an instance's start depend on how many there are).
+    - per_instance: each matrix's own fans; abs bound sqrt(6 / fan_in) (n_features for W1,
+      d_hidden for W2), identity std sqrt(2 / (d_hidden + n_features)).
+    """
+    f, h = spec.n_features, spec.d_hidden
+    course = spec.init_scheme == InitScheme.course
+    if spec.task == Task.identity:
+        std = math.sqrt(1.0 / (h * f)) if course else math.sqrt(2.0 / (h + f))
+        return {"W": InitScale("normal", std)}
+    if course:
+        bound = math.sqrt(6.0 / (h * f))
+        return {"W1": InitScale("uniform", bound), "W2": InitScale("uniform", bound)}
+    return {
+        "W1": InitScale("uniform", math.sqrt(6.0 / f)),
+        "W2": InitScale("uniform", math.sqrt(6.0 / h)),
+    }
+
+
 def _init_uniform(
     seed: int, name_index: int, instances: Annotated[Tensor, "instance"], rows: int, cols: int
 ) -> Annotated[Tensor, "instance rows cols"]:
@@ -42,28 +84,27 @@ def _init_uniform(
     return rng.UniformStream(keys, rows, cols).block(0)
 
 
+# each parameter's random stream (name_index of _init_uniform), fixed so that results stay put
+_INIT_STREAMS = {"W": 0, "W1": 1, "W2": 2}
+
+
 def init_params(
     spec: ModelSpec, seed: int, instances: Annotated[Tensor, "instance"]
 ) -> dict[str, Tensor]:
-    """Initial parameters of the given (global) instances, as the course initialises them.
+    """Initial parameters of the given (global) instances, drawn as init_scales says.
 
-    identity: W Xavier-normal, std sqrt(2 / (d_hidden + n_features)).
-    abs: W1 and W2 Kaiming-uniform (ReLU gain), bound sqrt(6 / fan_in) with fan_in the input size.
-    Biases start at zero. Each instance draws from its own stream (see rng.py).
+    Each instance draws from its own stream (see rng.py), so its start does not depend on the
+    other instances; biases start at zero.
     """
-    f, h = spec.n_features, spec.d_hidden
-    n = instances.shape[0]
-    device = instances.device
-    if spec.task == Task.identity:
-        u = _init_uniform(seed, 0, instances, h, f)
-        std = math.sqrt(2.0 / (h + f))
-        params = {"W": std * math.sqrt(2.0) * torch.erfinv(2 * u - 1)}
-    else:
-        params = {
-            "W1": math.sqrt(6.0 / f) * (2 * _init_uniform(seed, 1, instances, h, f) - 1),
-            "W2": math.sqrt(6.0 / h) * (2 * _init_uniform(seed, 2, instances, f, h) - 1),
-        }
-    params["b_final"] = torch.zeros(n, f, device=device)
+    shapes = spec.param_shapes()
+    params = {}
+    for name, init in init_scales(spec).items():
+        u = _init_uniform(seed, _INIT_STREAMS[name], instances, *shapes[name])
+        if init.distribution == "normal":
+            params[name] = init.scale * math.sqrt(2.0) * torch.erfinv(2 * u - 1)
+        else:
+            params[name] = init.scale * (2 * u - 1)
+    params["b_final"] = torch.zeros(instances.shape[0], spec.n_features, device=instances.device)
     return params
 
 

@@ -12,9 +12,12 @@ point.
 - wtw.png: identity WᵀW; abs W1 and W2ᵀ (both neuron × feature); diverging colours centred at 0.
 - neurons.png (abs, or identity with hidden_relu: where neurons form a privileged basis): one
   stacked bar per neuron, positive exposures stacked up from 0 and negative ones down, coloured
-  by the feature's interference; abs adds W1 and W2ᵀ coloured by feature.
+  by the feature's interference; abs adds W1 and W2ᵀ coloured by feature, with the features
+  computed for one sign of x only outlined in black.
 - dimensionality.png: D_i of every feature against 1 / p with the curve d_hidden / ‖W‖_F² and the
   "sticky" fractions 1, 3/4, 2/3, 1/2, 2/5, 3/8.
+- feature_loss.png: each feature's held-out loss over its loss when dropped, one panel per
+  level; abs bars coloured by the signs of |x| the model computes for the feature.
 - loss.png: training loss per level (best restart, min–max band over restarts) and the held-out
   loss of every restart with the selected one starred; the first panel needs history.safetensors.
 """
@@ -34,7 +37,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection, QuadMesh
 from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle
+from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
@@ -109,6 +112,12 @@ class RunData:
             bool(all(np.isfinite(v[level].numpy()).all() for v in self.weights.values()))
             for level in range(self.n_levels)
         ]
+
+    def one_sign_features(self, level: int) -> Annotated[np.ndarray, "feature"]:
+        """abs: True for the features computed for one sign of x only (metrics.sign_counts)."""
+        weights = {k: v[level] for k, v in self.weights.items()}
+        computed = metrics.computed_fraction(weights) >= metrics.COMPUTED_SHARE
+        return (computed.any(dim=-2) & ~computed.all(dim=-2)).numpy()
 
     def importance(self) -> Annotated[np.ndarray, "level feature"]:
         return np.array([lv["importance"] for lv in self.levels], dtype=float)
@@ -225,9 +234,15 @@ def _feature_colors(n_features: int) -> ListedColormap:
     return ListedColormap(colors, name="features")
 
 
-def _stacked_bars(ax, M: Annotated[np.ndarray, "hidden feature"], colors: np.ndarray) -> None:
+def _stacked_bars(
+    ax,
+    M: Annotated[np.ndarray, "hidden feature"],
+    colors: np.ndarray,
+    outlined_features: np.ndarray | None = None,
+) -> None:
     """One bar per neuron (row of M): positive entries stacked up from 0 and negative ones down,
-    in feature order; entry (h, i) filled with colors[i].
+    in feature order; entry (h, i) filled with colors[i]; the entries of the features where
+    outlined_features is True get a black outline.
 
     Drawn as one QuadMesh, so thousands of segments cost one call: vertex columns are the bars'
     left and right edges, rows the stack boundaries (the positive stack, then the negative one).
@@ -246,14 +261,22 @@ def _stacked_bars(ax, M: Annotated[np.ndarray, "hidden feature"], colors: np.nda
     face[:n_features, 0::2] = colors[:, None]
     face[n_features + 1 :, 0::2] = colors[:, None]
     edge = np.zeros_like(face)
-    outlined = n_features <= 30  # thin white outlines while segments are few enough to see
-    if outlined:
+    width = np.zeros(face.shape[:2])
+    if n_features <= 30:  # thin white outlines while segments are few enough to see
         edge[face[..., 3] > 0] = (1.0, 1.0, 1.0, 1.0)
+        width[face[..., 3] > 0] = 0.3
+    if outlined_features is not None:
+        # only segments of non-zero height: a zero one would draw a stray line
+        marked = np.zeros(face.shape[:2], dtype=bool)
+        marked[:n_features, 0::2] = outlined_features[:, None] & (M.T > 0)
+        marked[n_features + 1 :, 0::2] = outlined_features[:, None] & (M.T < 0)
+        edge[marked] = (0.0, 0.0, 0.0, 1.0)
+        width[marked] = 0.6
     mesh = QuadMesh(
         coordinates,
         facecolors=face.reshape(-1, 4),
-        edgecolors=edge.reshape(-1, 4) if outlined else "none",
-        linewidths=0.3 if outlined else 0.0,
+        edgecolors=edge.reshape(-1, 4),
+        linewidths=width.reshape(-1),
     )
     ax.add_collection(mesh, autolim=False)
     ax.axhline(0, color="black", linewidth=0.6)
@@ -368,29 +391,36 @@ def neurons_figure(run: RunData) -> Figure:
     feature_norm = BoundaryNorm(np.arange(n_features + 1) - 0.5, n_features)
     by_feature = feature_cmap(np.arange(n_features))
     name = "W1" if run.task == "abs" else "W"
-    rows: list[tuple[str, np.ndarray, Callable[[int], np.ndarray]]] = [
+    rows: list[tuple[str, np.ndarray, Callable[[int], np.ndarray], bool]] = [
         (
             f"{name} exposure\n(by interference)",
             W,
             lambda lv: interference_cmap(interference_norm(interference[lv])),
+            False,
         )
     ]
+    one_sign = {}
     if run.task == "abs":
         W2t = run.weights["W2"].double().numpy().transpose(0, 2, 1)
-        rows.append(("W1 exposure\n(by feature)", W, lambda lv: by_feature))
-        rows.append(("W2$^\\top$ exposure\n(by feature)", W2t, lambda lv: by_feature))
+        rows.append(("W1 exposure\n(by feature)", W, lambda lv: by_feature, True))
+        rows.append(("W2$^\\top$ exposure\n(by feature)", W2t, lambda lv: by_feature, True))
+        one_sign = {lv: run.one_sign_features(lv) for lv in live}
     fig = _figure(_levels_width(n_levels), len(rows) * BAR_ROW + HEADER)
     margins = Margins(left=0.75, wgap=0.25, hgap=0.45)
     axes = _axes_grid(fig, len(rows), n_levels, margins, sharey="row")
-    for r, (label, matrices, colors_of) in enumerate(rows):
+    for r, (label, matrices, colors_of, mark_signs) in enumerate(rows):
         for level, p in enumerate(run.probability()):
             ax = axes[r, level]
             if not finite[level]:
                 _blank(ax, p, title=r == 0)
                 continue
-            _stacked_bars(ax, matrices[level], colors_of(level))
+            marked = one_sign.get(level) if mark_signs else None
+            _stacked_bars(ax, matrices[level], colors_of(level), marked)
             if r == 0:
-                ax.set_title(_level_title(p))
+                title = _level_title(p)
+                if level in one_sign:
+                    title += f"\n{_one_sign_text(one_sign[level])}"
+                ax.set_title(title)
             if level == 0:
                 ax.set_ylabel(label)
             if r == len(rows) - 1:
@@ -401,7 +431,73 @@ def neurons_figure(run: RunData) -> Figure:
     if len(rows) > 1:
         bar = _colorbar(fig, ScalarMappable(feature_norm, feature_cmap), axes[1:, :], "feature")
         bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
-    _suptitle(fig, _header(run, "neurons: stacked exposure to each feature"))
+    what = "neurons: stacked exposure to each feature"
+    if run.task == "abs":
+        what += " (outlined: features computed for one sign only)"
+    _suptitle(fig, _header(run, what))
+    return fig
+
+
+def _one_sign_text(features: np.ndarray, most: int = 6) -> str:
+    listed = np.flatnonzero(features).tolist()
+    if not listed:
+        return "one sign: none"
+    more = f" +{len(listed) - most}" if len(listed) > most else ""
+    return f"one sign: {', '.join(map(str, listed[:most]))}{more}"
+
+
+def feature_loss_figure(run: RunData) -> Figure:
+    """Each feature's held-out loss over its loss when dropped (results.json
+    feature_loss_ratio): 1 = dropped, 0 = computed exactly; for abs, one sign only ≈ 0.5.
+    abs bars are coloured by which signs of |x| the model computes (computed_fraction)."""
+    n_levels = run.n_levels
+    fig = _figure(_levels_width(n_levels), BAR_ROW + HEADER)
+    axes = _axes_grid(fig, 1, n_levels, Margins(left=0.75, wgap=0.25), sharey="row")
+    finite = run.finite()
+    palette = {"both": "#2b83ba", "one": "#d7191c", "neither": "#bababa"}
+    for level, p in enumerate(run.probability()):
+        ax = axes[0, level]
+        ratio = run.levels[level].get("feature_loss_ratio")
+        if not finite[level] or ratio is None:
+            _blank(ax, p)
+            continue
+        values = np.array([np.nan if v is None else v for v in ratio], dtype=float)
+        if run.task == "abs":
+            computed = (
+                metrics.computed_fraction({k: v[level] for k, v in run.weights.items()}).numpy()
+                >= metrics.COMPUTED_SHARE
+            )
+            kind = np.where(computed.all(0), "both", np.where(computed.any(0), "one", "neither"))
+        else:
+            kind = np.where(
+                metrics.represented(run.feature_tensor(level)).numpy(), "both", "neither"
+            )
+        ax.bar(
+            np.arange(values.size),
+            np.nan_to_num(values),
+            width=0.85,
+            color=[palette[k] for k in kind],
+            linewidth=0,
+        )
+        ax.axhline(1.0, color="black", linewidth=0.6)
+        if run.task == "abs":
+            ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
+        ax.set_title(_level_title(p))
+        ax.set_xlabel("feature (by importance)")
+        ax.set_xlim(-0.6, values.size - 0.4)
+    axes[0, 0].set_ylabel("loss / loss when dropped")
+    axes[0, 0].set_ylim(0, 1.15)
+    labels = (
+        {"both": "|x| for both signs", "one": "one sign only", "neither": "neither"}
+        if run.task == "abs"
+        else {"both": "represented", "neither": "not represented"}
+    )
+    handles = [Patch(color=palette[k], label=text) for k, text in labels.items()]
+    fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=7)
+    what = "loss per feature over its loss when dropped"
+    if run.task == "abs":
+        what += " (dotted: 0.5, one sign only)"
+    _suptitle(fig, _header(run, what))
     return fig
 
 
@@ -581,6 +677,8 @@ def figure_makers(run: RunData) -> dict[str, Callable[[RunData], Figure]]:
     if run.privileged:
         makers["neurons"] = neurons_figure
     makers["dimensionality"] = dimensionality_figure
+    if all("feature_loss_ratio" in level for level in run.levels):
+        makers["feature_loss"] = feature_loss_figure
     makers["loss"] = loss_figure
     return makers
 

@@ -26,7 +26,11 @@ The checks and their thresholds (the geometry, phase and neuron rules are analys
 - privileged_basis (identity with hidden ReLU 10 -> 5): monosemantic fraction (from each level's
   metrics) at least PRIVILEGED_DENSE_MIN at the densest level and strictly lower at the sparsest.
 - neuron_computation (abs 100 -> 40): monosemantic fraction at least NEURON_DENSE_MIN at the
-  densest level and at most NEURON_SPARSE_MAX at the sparsest.
+  densest level and at most NEURON_SPARSE_MAX at the sparsest; at every level with
+  p >= NEURON_SIGNS_MIN_P the NEURON_TOP_FEATURES most important features are computed for both
+  signs of x (metrics.computed_fraction); at every level with NEURON_LOSS_MIN_P <= p < 1 the kept
+  loss is at most NEURON_LOSS_SHARE_MAX of a constant model's (analysis.abs_constant_loss). The
+  notes give the kept loss over analysis.abs_no_superposition_loss.
 - antipodal_neurons (abs 20 -> 10): at every level at least ANTIPODAL_MIN_FEATURES features are
   computed by an antipodal neuron pair (analysis.antipodal_neuron_pairs).
 - asymmetric_motif (abs 10 -> 10): at every level at least ASYMMETRIC_MIN_NEURONS neurons show
@@ -77,9 +81,22 @@ DIMENSIONS_RISE_TOLERANCE = 0.05
 
 # all live neurons (5 of them): one polysemantic neuron already makes 0.8
 PRIVILEGED_DENSE_MIN = 0.99
-# the paper's abs model is mostly monosemantic when dense and mostly polysemantic when sparse
-NEURON_DENSE_MIN = 0.8
+# the paper's abs model is mostly monosemantic when dense and mostly polysemantic when sparse;
+# from the course's init scale a dense neuron keeps small reads of the features it never learnt,
+# so the course loop's own models measure 0.88-1.00 at p = 1 and this trainer's 0.75-1.00
+NEURON_DENSE_MIN = 0.7
 NEURON_SPARSE_MAX = 0.2
+# |x| = ReLU(x) + ReLU(-x): the important features must be computed for both signs of x. The
+# course loop's own models (5000 steps) do so for all of their 10 most important features at
+# every p >= 0.03 (every restart, seeds 0-2); sparser, neither trainer gets there in that budget
+NEURON_TOP_FEATURES = 10  # analysis.important_feature_count(40)
+NEURON_SIGNS_MIN_P = 0.03
+# the kept loss over a constant model's (analysis.abs_constant_loss): a feature computed for one
+# sign only keeps half of its loss, so a model in that minimum sits at 0.4-0.55; the course
+# loop's models are at 0.01-0.04 for 0.01 <= p <= 0.3 (at p = 1 nothing is in superposition,
+# and at p <= 0.003 the 5000 steps do not suffice for either trainer)
+NEURON_LOSS_SHARE_MAX = 0.25
+NEURON_LOSS_MIN_P = 0.01
 
 # 10 neurons make at most 5 antipodal pairs; 3 shows the motif is used, not an accident
 ANTIPODAL_MIN_FEATURES = 3
@@ -166,6 +183,10 @@ class Level:
     W: Annotated[Tensor, "hidden feature"] | None
     W2: Annotated[Tensor, "feature hidden"] | None
     metrics: dict
+    # every parameter of the kept instance (float64), None when skipped
+    params: dict[str, Tensor] | None = None
+    eval_loss: float | None = None
+    importance: list[float] | None = None
 
     @property
     def skipped(self) -> bool:
@@ -196,6 +217,9 @@ def levels_of(results: dict, weights: dict[str, Tensor]) -> list[Level]:
                 W=W_all[index].double() if kept else None,
                 W2=W2_all[index].double() if kept and W2_all is not None else None,
                 metrics=row.get("metrics") or {},
+                params={k: v[index].double() for k, v in weights.items()} if kept else None,
+                eval_loss=row.get("eval_loss"),
+                importance=row.get("importance"),
             )
         )
     return levels
@@ -518,6 +542,71 @@ def _judge_privileged_basis(results: dict, levels: list[Level]) -> tuple[list[Ch
     return checks, [_fractions_note(levels)]
 
 
+def _one_sign_top(level: Level, top: int) -> list[int]:
+    """Of the `top` most important features, those not computed for both signs of x."""
+    computed = metrics.computed_fraction(level.params) >= metrics.COMPUTED_SHARE
+    important = analysis.important_features(level.importance, top)
+    return [i for i in important if not bool(computed[:, i].all())]
+
+
+def _both_signs_check(levels: Sequence[Level]) -> Check:
+    name = "important_features_both_signs"
+    expected = (
+        f"at every p ≥ {NEURON_SIGNS_MIN_P:g}: the {NEURON_TOP_FEATURES} most important features "
+        "computed for both signs of x"
+    )
+    checked = [lv for lv in levels if lv.p >= NEURON_SIGNS_MIN_P]
+    if not checked:
+        return _no_level(name, expected, f"with p ≥ {NEURON_SIGNS_MIN_P:g}")
+    if any(lv.skipped for lv in checked):
+        return _skipped_check(name, expected, next(lv for lv in checked if lv.skipped))
+    missing = {lv.label: _one_sign_top(lv, NEURON_TOP_FEATURES) for lv in checked}
+    measured = "; ".join(
+        f"{label}: " + (f"not for {', '.join(map(str, bad))}" if bad else "all")
+        for label, bad in missing.items()
+    )
+    worst = max(len(bad) for bad in missing.values())
+    return Check(name, expected, measured, worst == 0, value=worst)
+
+
+def loss_over_constant(level: Level) -> float | None:
+    """The kept loss over the loss of a model that outputs the constant E|x_i| for every feature."""
+    if level.skipped or level.eval_loss is None or not level.importance:
+        return None
+    return level.eval_loss / analysis.abs_constant_loss(level.importance, level.p)
+
+
+def _loss_check(levels: Sequence[Level]) -> Check:
+    name = "loss_below_one_sign"
+    expected = (
+        f"at every {NEURON_LOSS_MIN_P:g} ≤ p < 1: loss ≤ {NEURON_LOSS_SHARE_MAX:g} × a constant "
+        "model's (one sign only keeps about half)"
+    )
+    checked = [lv for lv in levels if NEURON_LOSS_MIN_P <= lv.p < 1]
+    if not checked:
+        return _no_level(name, expected, f"with {NEURON_LOSS_MIN_P:g} ≤ p < 1")
+    shares = [(lv, loss_over_constant(lv)) for lv in checked]
+    if any(share is None for _, share in shares):
+        lv = next(lv for lv, share in shares if share is None)
+        return _skipped_check(name, expected, lv)
+    measured = "; ".join(f"{lv.label}: {share:.3f}" for lv, share in shares)
+    worst = max(share for _, share in shares)
+    return Check(name, expected, measured, worst <= NEURON_LOSS_SHARE_MAX, value=worst)
+
+
+def _baselines_note(levels: Sequence[Level], d_hidden: int) -> str:
+    parts = []
+    for lv in _kept(levels):
+        if lv.eval_loss is None or not lv.importance:
+            continue
+        floor = analysis.abs_no_superposition_loss(lv.importance, lv.p, d_hidden)
+        parts.append(f"{lv.label}: {lv.eval_loss / floor:.2g}" if floor > 0 else f"{lv.label}: –")
+    return (
+        "kept loss over the best loss without superposition (d_hidden / 2 features by antipodal "
+        f"pairs, the rest constant; below 1 = superposition pays): {'; '.join(parts)}"
+    )
+
+
 def _judge_neuron_computation(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
     checks = [
         _fraction_check(
@@ -532,8 +621,10 @@ def _judge_neuron_computation(results: dict, levels: list[Level]) -> tuple[list[
             f"≤ {NEURON_SPARSE_MAX:g}",
             lambda f: f <= NEURON_SPARSE_MAX,
         ),
+        _both_signs_check(levels),
+        _loss_check(levels),
     ]
-    return checks, [_fractions_note(levels)]
+    return checks, [_fractions_note(levels), _baselines_note(levels, results["d_hidden"])]
 
 
 # ------------------------------------------------------------------------------ neuron motifs

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from superposition.config import Task
+from superposition.model import ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench.py"
@@ -75,7 +76,7 @@ def test_reference_sampler_marginals(bench, task):
     torch.manual_seed(0)
     probability = torch.tensor([1.0, 0.3, 0.05])
     model = bench.ReferenceToyModel(
-        task, 8, 2, probability, torch.ones(3, 8), device=torch.device("cpu")
+        ModelSpec(task, 8, 2), probability, torch.ones(3, 8), device=torch.device("cpu")
     )
     rows = 20_000
     batch = model.generate_batch(rows)  # (batch, instance, feature)

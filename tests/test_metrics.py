@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from superposition import metrics
+from superposition.config import Task
+from superposition.model import ModelSpec, forward
 
 
 def pentagon() -> torch.Tensor:
@@ -120,7 +122,7 @@ def test_level_metrics_nothing_represented_gives_none_means():
 
 def test_level_metrics_abs_reads_w1():
     W1 = torch.tensor([[[2.0, 0.0], [0.0, -2.0], [0.0, 0.0]]])  # neuron 2 dead
-    W2 = torch.full((1, 2, 3), 5.0)  # must not be used
+    W2 = torch.full((1, 2, 3), 5.0)  # only the sign metrics read it
     weights = {"W1": W1, "W2": W2, "b_final": torch.zeros(1, 2)}
     (row,) = metrics.level_metrics("abs", weights, hidden_relu=False)
     assert row == {
@@ -129,5 +131,57 @@ def test_level_metrics_abs_reads_w1():
         "mean_interference": pytest.approx(0.0),
         "dimensions_per_feature": pytest.approx(3 / 8),
         "monosemantic_fraction": pytest.approx(1.0),
+        # feature 0 has one neuron reading +x, feature 1 one reading -x: one sign each
+        "features_computed_both_signs": 0,
+        "features_computed_one_sign": 2,
     }
     assert type(row["monosemantic_fraction"]) is float
+
+
+# ------------------------------------------------------------------------ abs: |x| by sign
+
+
+def abs_weights(W1, W2, b):
+    return {"W1": torch.tensor(W1), "W2": torch.tensor(W2), "b_final": torch.tensor(b)}
+
+
+def test_computed_fraction_antipodal_pair_one_neuron_and_constant():
+    # feature 0: antipodal pair (neurons 0, 1) -> |x|; feature 1: neuron 2 reads +x only;
+    # feature 2: no neuron, a constant bias 0.3
+    W1 = [[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    W2 = [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    share = metrics.computed_fraction(abs_weights(W1, W2, [0.0, 0.0, 0.3]))
+    assert share.shape == (2, 3)  # (sign: x > 0, x < 0; feature)
+    assert share[:, 0].tolist() == pytest.approx([1.0, 1.0])
+    assert share[:, 1].tolist() == pytest.approx([1.0, 0.0])
+    assert share[:, 2].tolist() == pytest.approx([0.0, 0.0])
+    assert metrics.sign_counts(share) == (1, 1)
+
+
+def test_computed_fraction_equals_the_model_fed_one_feature_at_a_time():
+    """An independent computation: superposition.model.forward on x = ±m e_i."""
+    torch.manual_seed(0)
+    n_features, d_hidden = 6, 4
+    weights = {
+        "W1": torch.randn(d_hidden, n_features, dtype=torch.float64),
+        "W2": torch.randn(n_features, d_hidden, dtype=torch.float64),
+        "b_final": 0.3 * torch.randn(n_features, dtype=torch.float64),
+    }
+    share = metrics.computed_fraction(weights)
+    spec = ModelSpec(Task.abs, n_features, d_hidden)
+    params = {k: v.unsqueeze(0) for k, v in weights.items()}
+    m = torch.tensor(metrics.PROBE_MAGNITUDES, dtype=torch.float64)
+    baseline = forward(spec, params, torch.zeros(1, 1, n_features, dtype=torch.float64))[0, 0]
+    for sign_index, sign in enumerate((1.0, -1.0)):
+        for i in range(n_features):
+            x = torch.zeros(1, m.numel(), n_features, dtype=torch.float64)
+            x[0, :, i] = sign * m
+            out = forward(spec, params, x)[0, :, i]
+            expected = float((out - baseline[i]).sum() / m.sum())
+            assert float(share[sign_index, i]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_sign_counts_threshold():
+    share = torch.tensor([[0.5, 0.49, 0.9, 0.1], [0.5, 0.9, 0.49, 0.1]])
+    assert metrics.COMPUTED_SHARE == 0.5
+    assert metrics.sign_counts(share) == (1, 2)

@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from superposition.config import LRSchedule, Optimizer, Task
-from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
+from superposition.config import InitScheme, LRSchedule, Optimizer, Task
+from superposition.model import (
+    ModelSpec,
+    forward,
+    init_params,
+    init_scales,
+    loss_per_instance,
+    target_of,
+)
 from superposition.optim import InstanceAdam, learning_rate
 
 
@@ -48,17 +55,50 @@ def test_loss_is_importance_weighted_mean_over_batch_and_features():
 
 def test_initialisation_statistics():
     instances = torch.arange(2000)
-    identity = init_params(ModelSpec(Task.identity, 5, 2), 0, instances)
+    identity = init_params(ModelSpec(Task.identity, 5, 2), 0, instances)  # auto: per_instance
     assert identity["W"].shape == (2000, 2, 5)
     assert abs(identity["W"].std().item() - math.sqrt(2 / 7)) < 0.01
     assert torch.count_nonzero(identity["b_final"]) == 0
-    absolute = init_params(ModelSpec(Task.abs, 20, 8), 0, torch.arange(200))
-    bound1, bound2 = math.sqrt(6 / 20), math.sqrt(6 / 8)
-    assert absolute["W1"].abs().max() <= bound1 and absolute["W1"].abs().max() > 0.98 * bound1
-    assert absolute["W2"].abs().max() <= bound2 and absolute["W2"].abs().max() > 0.98 * bound2
+    course = init_params(ModelSpec(Task.identity, 5, 2, init=InitScheme.course), 0, instances)
+    assert abs(course["W"].std().item() - math.sqrt(1 / 10)) < 0.01
+    for init, bound1, bound2 in [
+        (InitScheme.auto, math.sqrt(6 / 160), math.sqrt(6 / 160)),  # auto: course for abs
+        (InitScheme.per_instance, math.sqrt(6 / 20), math.sqrt(6 / 8)),
+    ]:
+        absolute = init_params(ModelSpec(Task.abs, 20, 8, init=init), 0, torch.arange(200))
+        assert bound1 >= absolute["W1"].abs().max() > 0.98 * bound1
+        assert bound2 >= absolute["W2"].abs().max() > 0.98 * bound2
     # each instance's weights depend only on its own index
     again = init_params(ModelSpec(Task.identity, 5, 2), 0, torch.tensor([1234]))
     assert torch.equal(again["W"][0], identity["W"][1234])
+
+
+@pytest.mark.parametrize("n_instances", [1, 7, 28])
+def test_course_scale_is_what_torch_reads_from_the_course_stacked_tensors(n_instances):
+    """The course calls nn.init.kaiming_uniform_ on (instance, d_hidden, n_features) and
+    (instance, n_features, d_hidden) tensors; torch's own bound for them is the course scale,
+    whatever the number of instances."""
+    spec = ModelSpec(Task.abs, 100, 40, init=InitScheme.course)
+    scales = init_scales(spec)
+    for name, shape in spec.param_shapes().items():
+        if name == "b_final":
+            continue
+        stacked = torch.empty(n_instances, *shape)
+        torch.manual_seed(0)
+        torch.nn.init.kaiming_uniform_(stacked)
+        fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(stacked)
+        assert scales[name].distribution == "uniform"
+        assert scales[name].scale == pytest.approx(math.sqrt(6 / fan_in))
+        assert float(stacked.abs().max()) <= scales[name].scale
+
+
+def test_auto_init_resolves_by_task():
+    assert ModelSpec(Task.abs, 4, 2).init_scheme == InitScheme.course
+    assert ModelSpec(Task.identity, 4, 2).init_scheme == InitScheme.per_instance
+    assert ModelSpec(Task.identity, 4, 2, True).init_scheme == InitScheme.per_instance
+    assert ModelSpec(Task.abs, 4, 2, init=InitScheme.per_instance).init_scheme == (
+        InitScheme.per_instance
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ def write_run(
     hidden_relu: bool = False,
     history: bool = True,
     nan_level: int | None = None,
+    feature_loss: bool = False,
 ) -> Path:
     """The three files of a job's output directory, with seeded random weights."""
     g = torch.Generator().manual_seed(0)
@@ -49,6 +50,9 @@ def write_run(
                 "excluded_restarts": list(range(restarts)) if dead else [],
             }
         )
+        if feature_loss:
+            ratio = torch.rand(n_features, generator=g).tolist()
+            levels[-1]["feature_loss_ratio"] = [None] * n_features if dead else ratio
     results = {
         "task": task,
         "n_features": n_features,
@@ -134,6 +138,50 @@ def test_abs_draws_weights_and_three_rows_of_neurons(tmp_path):
     assert_png(paths["loss"], 1300, 475)
 
 
+def test_feature_loss_figure_when_results_hold_the_ratios(tmp_path):
+    out = write_run(
+        tmp_path, "abs", n_features=7, d_hidden=3, probabilities=(1.0, 0.3), feature_loss=True
+    )
+    paths = by_name(plots.draw_all(out))
+    assert list(paths) == ["wtw", "neurons", "dimensionality", "feature_loss", "loss"]
+    assert_png(paths["feature_loss"], 600, inches(plots.BAR_ROW, plots.HEADER))
+    identity = write_run(
+        tmp_path / "identity",
+        "identity",
+        5,
+        2,
+        probabilities=(1.0, 0.1, 0.01),
+        nan_level=1,
+        feature_loss=True,
+    )
+    paths = by_name(plots.draw_all(identity))
+    assert_png(paths["feature_loss"], inches(3 * plots.PANEL, plots.COLORBAR), 300)
+
+
+def _black_edges(fig, row: int) -> int:
+    (mesh,) = [c for c in fig.axes[row].collections if isinstance(c, plots.QuadMesh)]
+    edges = np.asarray(mesh.get_edgecolor())
+    return int((np.abs(edges - (0, 0, 0, 1)).sum(axis=1) == 0).sum())
+
+
+def test_neurons_outline_the_features_computed_for_one_sign(tmp_path):
+    out = write_run(tmp_path, "abs", n_features=3, d_hidden=3, probabilities=(0.1,))
+    run = plots.load_run(out)
+    # feature 0: antipodal pair (neurons 0, 1); feature 1: neuron 2 reads +x only; feature 2: none
+    run.weights["W1"] = torch.tensor([[[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0]]])
+    run.weights["W2"] = torch.tensor([[[1.0, 1.0, 0], [0, 0, 1.0], [0, 0, 0]]])
+    assert run.one_sign_features(0).tolist() == [False, True, False]
+    fig = plots.neurons_figure(run)
+    # axes: by interference, W1 by feature, W2ᵀ by feature (then the colorbars); feature 1 has one
+    # segment in W1 (neuron 2) and one in W2ᵀ (neuron 2)
+    assert [_black_edges(fig, row) for row in range(3)] == [0, 1, 1]
+    assert "one sign: 1" in fig.axes[0].get_title()
+    run.weights["W2"][0, 1, 1] = 1.0  # feature 1 also read by neuron 1 (-x): both signs
+    run.weights["W1"][0, 1, 1] = -1.0
+    assert not run.one_sign_features(0).any()
+    assert [_black_edges(plots.neurons_figure(run), row) for row in range(3)] == [0, 0, 0]
+
+
 def test_abs_in_2d_draws_features_of_w1(tmp_path):
     out = write_run(tmp_path, "abs", n_features=40, d_hidden=2, probabilities=(0.1,))
     paths = by_name(plots.draw_all(out))
@@ -216,6 +264,7 @@ def test_plot_cli_on_a_real_run(real_run, capsys):
         "features_2d.png",
         "wtw.png",
         "dimensionality.png",
+        "feature_loss.png",
         "loss.png",
     ]
     assert all(p.parent == real_run / "plots" for p in printed)

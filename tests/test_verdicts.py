@@ -300,29 +300,90 @@ def test_privileged_basis_from_the_metrics():
     assert not check(report, "sparse_polysemantic").passed  # 0.8 is not below 0.8
 
 
-def test_neuron_computation_bounds():
-    W1 = torch.zeros(4, 2, 6)
-    W2 = torch.zeros(4, 6, 2)
-    probabilities = [1.0, 0.1, 0.01, 0.001]
+NEURON_P = [1.0, 0.1, 0.01, 0.001]
+NEURON_FEATURES = 12  # more than verdicts.NEURON_TOP_FEATURES
+
+
+def neuron_weights(one_sign: set[int]) -> dict[str, torch.Tensor]:
+    """abs 12 -> 24: feature i read by neuron 2i (+x) and, unless i is in one_sign, by neuron
+    2i + 1 (-x), both written back to output i: |x_i| exactly, or ReLU(x_i) alone."""
+    f = NEURON_FEATURES
+    W1, W2 = torch.zeros(2 * f, f), torch.zeros(f, 2 * f)
+    for i in range(f):
+        W1[2 * i, i], W2[i, 2 * i] = 1.0, 1.0
+        if i not in one_sign:
+            W1[2 * i + 1, i], W2[i, 2 * i + 1] = -1.0, 1.0
+    n = len(NEURON_P)
+    return {"W1": W1.expand(n, -1, -1), "W2": W2.expand(n, -1, -1), "b_final": torch.zeros(n, f)}
+
+
+def neuron_run(one_sign: set[int], fractions: list[float | None]) -> tuple[dict, dict]:
+    """The run's results with the exact loss of those weights: a feature computed for one sign
+    only loses E[x² ; x < 0] = p/6 (x uniform on [-1, 1] when active), one computed exactly 0."""
+    importance = [0.8**i for i in range(NEURON_FEATURES)]
     levels = [
-        {"feature_probability": p, "relative_importance": None, "best_restart": 0, "metrics": {}}
-        for p in probabilities
+        {
+            "feature_probability": p,
+            "importance": importance,
+            "relative_importance": None,
+            "best_restart": 0,
+            "eval_loss": sum(importance[i] * p / 6 for i in one_sign) / NEURON_FEATURES,
+            "metrics": {"monosemantic_fraction": fraction},
+        }
+        for p, fraction in zip(NEURON_P, fractions, strict=True)
     ]
-    results = {"task": "abs", "n_features": 6, "d_hidden": 2, "levels": levels}
-    weights = {"W1": W1, "W2": W2, "b_final": torch.zeros(4, 6)}
+    results = {"task": "abs", "n_features": NEURON_FEATURES, "d_hidden": 24, "levels": levels}
+    return results, neuron_weights(one_sign)
+
+
+def test_neuron_computation_passes_a_model_computing_both_signs():
+    report = verdicts.judge("neuron_computation", *neuron_run(set(), [0.9, 0.5, 0.3, 0.1]))
+    assert report.passed, report.markdown()
+    assert [c.name for c in report.checks] == [
+        "dense_monosemantic",
+        "sparse_polysemantic",
+        "important_features_both_signs",
+        "loss_below_one_sign",
+    ]
+    signs = check(report, "important_features_both_signs")
+    assert signs.measured == "p = 1: all; p = 0.1: all"  # levels with p >= 0.03
+    assert signs.value == 0
+    assert check(report, "loss_below_one_sign").value == 0.0
+    assert report.notes[-1].startswith("kept loss over the best loss without superposition")
+    # 24 neurons hold all 12 features without superposition: that baseline is 0, no ratio
+    assert "p = 0.1: –;" in report.notes[-1]
+
+
+def test_neuron_computation_fails_a_model_computing_one_sign():
+    """The seed's failure: the important features computed for one sign of x only."""
     report = verdicts.judge(
-        "neuron_computation", with_fractions(results, [0.9, 0.5, 0.3, 0.1]), weights
+        "neuron_computation", *neuron_run(set(range(NEURON_FEATURES)), [0.9, 0.5, 0.3, 0.1])
     )
-    assert report.passed
-    report = verdicts.judge(
-        "neuron_computation", with_fractions(results, [0.9, 0.5, 0.3, 0.25]), weights
-    )
-    assert [c.passed for c in report.checks] == [True, False]
+    assert not report.passed
+    signs = check(report, "important_features_both_signs")
+    assert not signs.passed and signs.value == verdicts.NEURON_TOP_FEATURES
+    assert "p = 0.1: not for 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in signs.measured
+    loss = check(report, "loss_below_one_sign")
+    # (p/6) / (p/3 - p²/4) = 0.5 / (1 - 3p/4), the most at the densest checked level p = 0.1
+    assert not loss.passed
+    assert loss.value == pytest.approx(0.5 / (1 - 0.75 * 0.1))
+    assert loss.measured.startswith("p = 0.1: 0.541; p = 0.01: 0.504")
+    # the neuron shapes alone would have passed it
+    assert check(report, "dense_monosemantic").passed
+    assert check(report, "sparse_polysemantic").passed
+
+
+def test_neuron_computation_names_a_one_sign_feature_and_keeps_the_fraction_bounds():
+    run = neuron_run({3}, [0.9, 0.5, 0.3, 0.25])
+    report = verdicts.judge("neuron_computation", *run)
+    signs = check(report, "important_features_both_signs")
+    assert signs.measured == "p = 1: not for 3; p = 0.1: not for 3"
+    assert [c.passed for c in report.checks] == [True, False, False, True]
     assert check(report, "sparse_polysemantic").measured == "p = 0.001: 0.25"
+    # feature 11 is not among the 10 most important: one sign there is allowed
+    assert verdicts.judge("neuron_computation", *neuron_run({11}, [0.9, 0.5, 0.3, 0.1])).passed
     # a dead level (every neuron dead: no fraction) is not measured
-    report = verdicts.judge(
-        "neuron_computation", with_fractions(results, [None, 0.5, 0.3, 0.1]), weights
-    )
+    report = verdicts.judge("neuron_computation", *neuron_run(set(), [None, 0.5, 0.3, 0.1]))
     assert check(report, "dense_monosemantic").measured == "p = 1: not measured"
 
 
