@@ -84,3 +84,25 @@ def test_multirun_jobs_share_one_group(tmp_path):
     assert runs[0]["run_group"] == runs[1]["run_group"] != ""
     assert runs[0]["run_id"] != runs[1]["run_id"]
     assert [r["display_name"] for r in runs] == ["0_identity_5to2", "1_identity_5to2"]
+
+
+def test_abs_run_records_the_signs_of_x_it_computes(tmp_path):
+    out = tmp_path / "abs"
+    done = run_cli(
+        tmp_path,
+        "task=abs",
+        "model.n_features=12",
+        "model.d_hidden=4",
+        "sweep.feature_probability=[0.3]",
+        "train.steps=40",
+        "train.restarts=2",
+        "eval.batch_size=1024",
+        f"hydra.run.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr
+    run = read_offline_run(offline_runs(out)[0])
+    (level,) = json.loads((out / "results.json").read_text())["levels"]
+    summary = run["summary"]
+    for name in ("features_computed_both_signs", "features_computed_one_sign"):
+        assert summary[f"level/p=0.3/{name}"] == level["metrics"][name]
+    assert summary["plots/feature_loss"]["_type"] == "image-file"
