@@ -145,6 +145,16 @@ class ConfigError(ValueError):
     """A value a user set is out of range; the message names the key and what is allowed."""
 
 
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a smaller p becomes 0
+FLOAT32_MAX = 3.4028234663852886e38
+# the loss history holds steps // log_every values per instance
+MAX_RECORDED_STEPS = 1_000_000
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -169,13 +179,15 @@ def validate(cfg: Config) -> None:
     _require(len(grid) > 0, "sweep.feature_probability is empty; list probabilities in (0, 1]")
     for p in grid:
         _require(
-            math.isfinite(p) and 0 < p <= 1,
-            f"sweep.feature_probability must hold values in (0, 1], got {p}",
+            _is_number(p) and FLOAT32_TINY <= p <= 1,
+            f"sweep.feature_probability must hold numbers in [{FLOAT32_TINY:.2g}, 1] (above 0 "
+            f"in float32), got {p}",
         )
     for r in cfg.sweep.relative_importance:
         _require(
-            math.isfinite(r) and r > 0,
-            f"sweep.relative_importance must hold finite values > 0, got {r}",
+            _is_number(r) and 0 < r <= FLOAT32_MAX,
+            f"sweep.relative_importance must hold numbers in (0, {FLOAT32_MAX:.3g}] (finite in "
+            f"float32), got {r}",
         )
     _require(
         not cfg.sweep.relative_importance or cfg.model.n_features >= 2,
@@ -219,6 +231,16 @@ def validate(cfg: Config) -> None:
     for key in ("restarts", "steps", "batch_size", "log_every"):
         value = getattr(cfg.train, key)
         _require(value >= 1, f"train.{key} must be >= 1, got {value}")
+    recorded = cfg.train.steps // cfg.train.log_every
+    _require(
+        recorded <= MAX_RECORDED_STEPS,
+        f"train.steps / train.log_every = {recorded} recorded losses per instance; at most "
+        f"{MAX_RECORDED_STEPS}: raise train.log_every",
+    )
+    _require(
+        0 <= cfg.seed < 2**63,
+        f"seed must be in [0, 2^63), got {cfg.seed} (seeds outside that range would repeat others)",
+    )
     _require(
         math.isfinite(cfg.train.lr) and cfg.train.lr > 0,
         f"train.lr must be a finite number > 0, got {cfg.train.lr}",
@@ -232,8 +254,9 @@ def validate(cfg: Config) -> None:
         f"train.chunk_size must be >= 0 (0 = automatic), got {cfg.train.chunk_size}",
     )
     _require(
-        cfg.train.memory_budget_mb >= 0,
-        f"train.memory_budget_mb must be >= 0 (0 = automatic), got {cfg.train.memory_budget_mb}",
+        math.isfinite(cfg.train.memory_budget_mb) and cfg.train.memory_budget_mb >= 0,
+        "train.memory_budget_mb must be a finite number >= 0 (0 = automatic), got "
+        f"{cfg.train.memory_budget_mb}",
     )
     every = cfg.train.checkpoint_every
     _require(

@@ -21,15 +21,8 @@ from superposition.evaluate import evaluate_grid, feature_loss_ratio
 from superposition.grid import InstanceGrid, phase_grid, sparsity_grid
 from superposition.metrics import level_metrics, one_sign_features
 from superposition.model import ModelSpec
-from superposition.outputs import (
-    HISTORY,
-    RESULTS,
-    WEIGHTS,
-    json_safe,
-    read_results,
-    write_json,
-    write_tensors,
-)
+from superposition.outdir import digests, exclusive, finished_results, remove_stale_temporaries
+from superposition.outputs import HISTORY, RESULTS, WEIGHTS, json_safe, write_json, write_tensors
 from superposition.plots import PLOTS_DIR, RunData, draw_run
 from superposition.select import Selection, gather_best, select_best
 from superposition.track import Tracker
@@ -72,13 +65,6 @@ def config_fingerprint(config: Config) -> str:
     for key in ("chunk_size", "memory_budget_mb", "checkpoint_every"):
         values["train"].pop(key)
     return fingerprint(values)
-
-
-def finished_results(out_dir: Path) -> dict | None:
-    try:
-        return read_results(out_dir)
-    except FileNotFoundError:
-        return None
 
 
 def results_summary(
@@ -140,6 +126,10 @@ def results_summary(
         "chunk_size": trained.chunk_size,
         "levels": levels,
         "excluded": [{"level": lv, "restart": r} for lv, r in selection.excluded],
+        # levels whose every restart diverged (best_restart null, NaN weights)
+        "levels_without_finite_restart": [
+            level for level, best in enumerate(selection.best_restart) if best is None
+        ],
         "train_seconds": trained.seconds,
         "instance_steps_per_s": trained.instance_steps_per_s,
         # training batches a sparse sampler cut at its capacity (batches.py); expected 0
@@ -168,9 +158,19 @@ def run_job(
 ) -> dict:
     """Train, select, write and track one job; return what results.json holds.
 
-    tracked_config is what W&B records as the run's config (the resolved Hydra config).
+    tracked_config is what W&B records as the run's config (the resolved Hydra config). The job
+    holds the output directory's lock throughout (outdir.exclusive).
     """
     out_dir = Path(out_dir)
+    with exclusive(out_dir):
+        for path in remove_stale_temporaries(out_dir):
+            print(f"removed {path}, left by an interrupted write")
+        return _run_locked(config, out_dir, run_name, group, tracked_config)
+
+
+def _run_locked(
+    config: Config, out_dir: Path, run_name: str, group: str | None, tracked_config: dict | None
+) -> dict:
     run_fingerprint = config_fingerprint(config)
     finished = finished_results(out_dir)
     if finished is not None:
@@ -208,6 +208,12 @@ def run_job(
             spec, trained.params, grid, config.seed, config.eval.batch_size, device, config.data
         )
         selection = select_best(eval_loss, trained.finite, grid.restarts)
+        if all(restart is None for restart in selection.best_restart):
+            print(
+                "warning: no restart of any level stayed finite (every loss diverged): "
+                "results.json records null losses and NaN weights; lower train.lr, "
+                "importance.decay or train.weight_decay"
+            )
         for level, restart in selection.excluded:
             print(
                 f"warning: level {level} (p={float(grid.feature_probability[level]):g}) restart "
@@ -233,7 +239,14 @@ def run_job(
         history_tensors = {"steps": torch.tensor(trained.history_steps), "loss": history}
         write_tensors(out_dir / WEIGHTS, best)
         write_tensors(out_dir / HISTORY, history_tensors)
-        draw_run(RunData(json_safe(results), best, history_tensors), out_dir / PLOTS_DIR)
+        draw_run(
+            RunData(json_safe(results), best, history_tensors),
+            out_dir / PLOTS_DIR,
+            on_error=lambda name, err: print(
+                f"warning: figure {name}.png could not be drawn ({type(err).__name__}: {err}); "
+                "the results are complete without it"
+            ),
+        )
         report = None
         if config.preset is not None:
             try:
@@ -243,6 +256,7 @@ def run_job(
             if report is not None:
                 write_report(out_dir, report)
                 results["verdict"] = report.verdict
+        results["files"] = digests(out_dir)  # what finished_results checks
         write_json(out_dir / RESULTS, results)
         checkpointer.remove()
 

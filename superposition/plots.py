@@ -587,7 +587,10 @@ def _training_panel(ax, run: RunData, colors: np.ndarray) -> None:
             ax.plot(steps, curve, color=color, linewidth=1.2, label=f"p = {p:g}")
         else:
             ax.plot([], [], color=color, label=f"p = {p:g} (none finite)")
-    ax.set_yscale("log")
+    if ok.any():  # a log scale on an axis with no positive value raises
+        ax.set_yscale("log")
+    else:
+        _nothing_finite(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("training loss: selected restart, band = min–max over restarts")
@@ -597,11 +600,12 @@ def _training_panel(ax, run: RunData, colors: np.ndarray) -> None:
 def _eval_panel(ax, run: RunData, colors: np.ndarray) -> None:
     restarts = run.results["restarts"]
     offsets = np.linspace(-0.3, 0.3, restarts) if restarts > 1 else np.zeros(1)
-    starred = False
+    starred = any_finite = False
     for level, lv in enumerate(run.levels):
         values = lv.get("restart_eval_losses") or [None] * restarts
         losses = np.array([np.nan if v is None else v for v in values], dtype=float)
         ok = np.isfinite(losses) & (losses > 0)
+        any_finite = any_finite or bool(ok.any())
         ax.scatter(
             level + offsets[ok], losses[ok], color=colors[level], s=18, alpha=0.8, linewidths=0
         )
@@ -629,7 +633,10 @@ def _eval_panel(ax, run: RunData, colors: np.ndarray) -> None:
                 fontsize=6,
                 color="0.3",
             )
-    ax.set_yscale("log")
+    if any_finite:
+        ax.set_yscale("log")
+    else:
+        _nothing_finite(ax)
     ax.set_xticks(range(run.n_levels), labels=[f"{p:g}" for p in run.probability()])
     ax.set_xlim(-0.6, run.n_levels - 0.4)
     ax.set_xlabel("feature probability p")
@@ -637,6 +644,10 @@ def _eval_panel(ax, run: RunData, colors: np.ndarray) -> None:
     ax.set_title(f"held-out loss of each of {restarts} restarts")
     if starred:
         ax.legend(loc="best")
+
+
+def _nothing_finite(ax) -> None:
+    ax.text(0.5, 0.5, "no finite loss", ha="center", va="center", transform=ax.transAxes)
 
 
 def loss_figure(run: RunData) -> Figure:
@@ -697,12 +708,23 @@ def to_rgba(fig: Figure) -> Annotated[np.ndarray, "height width 4"]:
     return np.asarray(canvas.buffer_rgba()).copy()
 
 
-def draw_run(run: RunData, plots_dir: Path) -> list[Path]:
-    """Draw every applicable figure of `run` into plots_dir; return the PNG paths."""
+def draw_run(
+    run: RunData, plots_dir: Path, on_error: Callable[[str, Exception], None] | None = None
+) -> list[Path]:
+    """Draw every applicable figure of `run` into plots_dir; return the PNG paths.
+
+    With on_error, a figure that fails is reported as on_error(name, error) and skipped, so that
+    an optional figure never costs a job its results; without it the error propagates.
+    """
     paths = []
     for name, make in figure_makers(run).items():
-        with matplotlib.style.context(["default", STYLE]):
-            paths.append(save_png(make(run), Path(plots_dir) / f"{name}.png"))
+        try:
+            with matplotlib.style.context(["default", STYLE]):
+                paths.append(save_png(make(run), Path(plots_dir) / f"{name}.png"))
+        except Exception as err:
+            if on_error is None:
+                raise
+            on_error(name, err)
     return paths
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -39,6 +40,40 @@ def to_config(cfg: DictConfig) -> Config:
     validate(config)
     resolve_device(config.device)
     return config
+
+
+GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))
+
+
+def check_group_choices(args: list[str]) -> None:
+    """A config group's choice is a plain name from its folder (Hydra would follow a path)."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        choices = [c for c in value.split(",") if c]  # a multirun sweeps a,b
+        for choice in choices:
+            if choice in ("null", "None"):
+                raise ConfigError(
+                    f"{key}={choice}: {key} takes a name, not null (leave {key}= out for its "
+                    "default)"
+                )
+            if not choice.replace("_", "").replace("-", "").isalnum():
+                allowed = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                raise ConfigError(
+                    f"{key}={choice}: a choice is a plain name; allowed: {', '.join(allowed)}"
+                )
+
+
+def check_output_dirs(args: list[str]) -> None:
+    """An empty hydra.run.dir / hydra.sweep.dir would put a run's files in the current folder."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in ("hydra.run.dir", "hydra.sweep.dir") and not value.strip():
+            raise ConfigError(
+                f"{key} is empty; give a directory, or leave {key}= out for the default under "
+                "outputs/"
+            )
 
 
 def validate_single_run(args: list[str]) -> None:
@@ -79,8 +114,15 @@ def hydra_main(cfg: DictConfig) -> None:
         except Exception:
             traceback.print_exc()
             raise
+    elif HydraConfig.get().mode == RunMode.MULTIRUN:
+        run_configured(cfg)  # a failing job is the sweep's to report
     else:
-        run_configured(cfg)
+        # exit from inside the job: raised through Hydra, the error would be preceded by Hydra's
+        # "Error executing job with overrides: [...]" line
+        try:
+            run_configured(cfg)
+        except (*USER_ERRORS, TrainingInterrupted) as err:
+            exit_with(err)
 
 
 def run_configured(cfg: DictConfig) -> None:
@@ -101,18 +143,25 @@ def run_configured(cfg: DictConfig) -> None:
     )
 
 
+def exit_with(err: BaseException) -> NoReturn:
+    """One line on stderr for a user error or an interrupt, and its exit status."""
+    if isinstance(err, TrainingInterrupted):
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
+    print(f"error: {describe_user_error(err)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     # Hydra re-raises instead of printing its own multi-line report, so user errors become one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        check_group_choices(sys.argv[1:])
+        check_output_dirs(sys.argv[1:])
         validate_single_run(sys.argv[1:])
         hydra_main()
-    except USER_ERRORS as err:
-        print(f"error: {describe_user_error(err)}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingInterrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        sys.exit(128 + err.signum)
+    except (*USER_ERRORS, TrainingInterrupted) as err:
+        exit_with(err)
     except (FailedJobError, UncompletedJobError) as err:
         # the cluster refused a job or one ended without a result (cancelled, killed)
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -10,6 +10,7 @@ directory (`$WANDB_DATA_DIR`, default ~/.local/share/wandb) until then.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -168,6 +169,15 @@ class Tracker:
         return a disabled tracker. mode 'disabled' gives a disabled tracker without a word.
         resume_id continues that run (resume='allow': a new run of that id if none exists)."""
         mode = getattr(mode, "value", mode)
+        # wandb.mode decides, whatever the environment says: W&B would otherwise let WANDB_MODE
+        # override some settings and fail on others
+        environment_mode = os.environ.pop("WANDB_MODE", None)
+        if environment_mode is not None and environment_mode != mode:
+            print(
+                f"warning: W&B: WANDB_MODE={environment_mode} in the environment is ignored; "
+                f"wandb.mode={mode} decides (set wandb.mode= to change it)",
+                file=sys.stderr,
+            )
         if mode == "disabled":
             return cls()
         if mode not in MODES:
