@@ -43,6 +43,30 @@ class TrainingInterrupted(Exception):
         )
 
 
+def state_digest(value: Any) -> str:
+    """sha256 over a checkpoint state: every key, and every tensor's dtype, shape and bytes."""
+    digest = hashlib.sha256()
+
+    def visit(item: Any) -> None:
+        if isinstance(item, dict):
+            for key in sorted(item, key=str):
+                digest.update(f"<{key}>".encode())
+                visit(item[key])
+        elif isinstance(item, list | tuple):
+            digest.update(f"[{len(item)}]".encode())
+            for element in item:
+                visit(element)
+        elif isinstance(item, torch.Tensor):
+            tensor = item.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(repr(item).encode())
+
+    visit(value)
+    return digest.hexdigest()
+
+
 def fingerprint(payload: dict) -> str:
     """A short stable hash of the config values that decide the training result."""
     text = json.dumps(payload, sort_keys=True, default=str)
@@ -80,10 +104,25 @@ class Checkpointer:
                 f"(fingerprint {saved.get('fingerprint')}, this config {self.fingerprint}); "
                 "use another output directory or delete the checkpoint"
             )
+        if "digest" not in saved:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written by an earlier version, without a digest; "
+                "delete it to start this run over"
+            )
+        if saved["digest"] != state_digest(saved["state"]):
+            raise CheckpointError(
+                f"checkpoint {self.path} does not match the digest it was written with (changed "
+                "since); it is left as it is: delete it to start this run over"
+            )
         return saved["state"]
 
     def save(self, state: dict) -> None:
-        payload = {"format": FORMAT, "fingerprint": self.fingerprint, "state": state}
+        payload = {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "state": state,
+            "digest": state_digest(state),
+        }
         write_atomically(self.path, lambda tmp: torch.save(payload, tmp))
 
     def due(self, steps_done: int) -> bool:

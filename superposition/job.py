@@ -14,7 +14,7 @@ from superposition.analysis import (
     important_feature_count,
     important_features,
 )
-from superposition.checkpoint import Checkpointer, fingerprint
+from superposition.checkpoint import Checkpointer, StopSignals, fingerprint
 from superposition.config import Config, ConfigError, Task
 from superposition.device import resolve_device
 from superposition.evaluate import evaluate_grid, feature_loss_ratio
@@ -204,60 +204,65 @@ def _run_locked(
         trained = train_grid(
             spec, grid, config.train, config.seed, device, checkpointer, saved, data=config.data
         )
-        eval_loss = evaluate_grid(
-            spec, trained.params, grid, config.seed, config.eval.batch_size, device, config.data
-        )
-        selection = select_best(eval_loss, trained.finite, grid.restarts)
-        if all(restart is None for restart in selection.best_restart):
-            print(
-                "warning: no restart of any level stayed finite (every loss diverged): "
-                "results.json records null losses and NaN weights; lower train.lr, "
-                "importance.decay or train.weight_decay"
-            )
-        for level, restart in selection.excluded:
-            print(
-                f"warning: level {level} (p={float(grid.feature_probability[level]):g}) restart "
-                f"{restart}: loss turned non-finite; frozen and excluded from selection"
-            )
-        if trained.sampler_overflows.sum() > 0:
-            print(
-                f"warning: {int(trained.sampler_overflows.sum())} training batches held more "
-                "active features than the sparse sampler's capacity (mean + 10 sigma + 10) "
-                "and were cut"
-            )
-        best = gather_best(trained.params, selection, grid.restarts)
-        history = trained.loss_history.view(-1, grid.n_levels, grid.restarts)
-        metrics = level_metrics(config.task.value, best, config.model.hidden_relu)
-        loss_ratio = feature_loss_ratio(
-            spec, best, grid, config.seed, config.eval.batch_size, device, config.data
-        )
-        one_sign = one_sign_features(config.task.value, best)
-        results = results_summary(
-            config, run_fingerprint, grid, trained, selection, metrics, loss_ratio, one_sign, device
-        )
+        # stop signals from here to results.json: acted on at the next stage boundary, with the
+        # trained state already in the checkpoint (train_grid saves it last)
+        with StopSignals() as stop:
 
-        history_tensors = {"steps": torch.tensor(trained.history_steps), "loss": history}
-        write_tensors(out_dir / WEIGHTS, best)
-        write_tensors(out_dir / HISTORY, history_tensors)
-        draw_run(
-            RunData(json_safe(results), best, history_tensors),
-            out_dir / PLOTS_DIR,
-            on_error=lambda name, err: print(
-                f"warning: figure {name}.png could not be drawn ({type(err).__name__}: {err}); "
-                "the results are complete without it"
-            ),
-        )
-        report = None
-        if config.preset is not None:
-            try:
-                report = judge(config.preset, json_safe(results), best)
-            except Exception as err:  # a verdict must not cost the run its results
-                print(f"warning: the {config.preset} verdict could not be computed: {err}")
-            if report is not None:
-                write_report(out_dir, report)
-                results["verdict"] = report.verdict
-        results["files"] = digests(out_dir)  # what finished_results checks
-        write_json(out_dir / RESULTS, results)
+            def stop_point() -> None:
+                if stop.received is not None:
+                    stop.stop(checkpointer.path)
+
+            eval_loss = evaluate_grid(
+                spec, trained.params, grid, config.seed, config.eval.batch_size, device, config.data
+            )
+            stop_point()
+            selection = select_best(eval_loss, trained.finite, grid.restarts)
+            warn_about_training(grid, selection, trained)
+            best = gather_best(trained.params, selection, grid.restarts)
+            history = trained.loss_history.view(-1, grid.n_levels, grid.restarts)
+            metrics = level_metrics(config.task.value, best, config.model.hidden_relu)
+            loss_ratio = feature_loss_ratio(
+                spec, best, grid, config.seed, config.eval.batch_size, device, config.data
+            )
+            one_sign = one_sign_features(config.task.value, best)
+            stop_point()
+            results = results_summary(
+                config,
+                run_fingerprint,
+                grid,
+                trained,
+                selection,
+                metrics,
+                loss_ratio,
+                one_sign,
+                device,
+            )
+
+            history_tensors = {"steps": torch.tensor(trained.history_steps), "loss": history}
+            write_tensors(out_dir / WEIGHTS, best)
+            write_tensors(out_dir / HISTORY, history_tensors)
+            stop_point()
+            draw_run(
+                RunData(json_safe(results), best, history_tensors),
+                out_dir / PLOTS_DIR,
+                on_error=lambda name, err: print(
+                    f"warning: figure {name}.png could not be drawn ({type(err).__name__}: {err}); "
+                    "the results are complete without it"
+                ),
+            )
+            stop_point()
+            report = None
+            if config.preset is not None:
+                try:
+                    report = judge(config.preset, json_safe(results), best)
+                except Exception as err:  # a verdict must not cost the run its results
+                    print(f"warning: the {config.preset} verdict could not be computed: {err}")
+                if report is not None:
+                    write_report(out_dir, report)
+                    results["verdict"] = report.verdict
+            stop_point()
+            results["files"] = digests(out_dir)  # what finished_results checks
+            write_json(out_dir / RESULTS, results)
         checkpointer.remove()
 
         tracker.log_history(
@@ -273,6 +278,26 @@ def _run_locked(
     if report is not None:
         print(report.markdown().rstrip())
     return results
+
+
+def warn_about_training(grid: InstanceGrid, selection: Selection, trained: TrainResult) -> None:
+    """One line per diverged restart or cut batch; one for a run with nothing finite at all."""
+    if all(restart is None for restart in selection.best_restart):
+        print(
+            "warning: no restart of any level stayed finite (every loss diverged): results.json "
+            "records null losses and NaN weights; lower train.lr, importance.decay or "
+            "train.weight_decay"
+        )
+    for level, restart in selection.excluded:
+        print(
+            f"warning: level {level} (p={float(grid.feature_probability[level]):g}) restart "
+            f"{restart}: loss turned non-finite; frozen and excluded from selection"
+        )
+    if trained.sampler_overflows.sum() > 0:
+        print(
+            f"warning: {int(trained.sampler_overflows.sum())} training batches held more active "
+            "features than the sparse sampler's capacity (mean + 10 sigma + 10) and were cut"
+        )
 
 
 SUMMARY_MAX_LEVELS = 12

@@ -17,16 +17,20 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from superposition.config import ConfigError
-from superposition.outputs import HISTORY, RESULTS, WEIGHTS
+from superposition.outputs import DISK_FULL_ERRNOS, HISTORY, RESULTS, WEIGHTS
 
 LOCK = ".lock"
+# refuse to start with less free space than this where the run writes
+MIN_FREE_BYTES = 16 * 2**20
 # the files whose digests results.json records; written before it
 DIGESTED = (WEIGHTS, HISTORY)
 # the folders write_atomically writes into (the job's own; W&B's folder is W&B's)
@@ -58,6 +62,52 @@ def exclusive(out_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
+
+
+def check_usable(path: Path) -> None:
+    """Make `path` (a directory) if needed and prove a file can be written there with room to
+    spare; OutputDirError with one line otherwise, leaving no folder it made. Runs before Hydra
+    writes anything."""
+    path = Path(path)
+    for part in [path, *path.parents]:
+        if part.exists() and not part.is_dir():
+            raise OutputDirError(
+                f"output directory {path} cannot be used: {part} is not a directory"
+            )
+    missing = [part for part in [path, *path.parents] if not part.exists()]
+    try:
+        _probe(path)
+    except OutputDirError:
+        for part in missing:  # innermost first
+            try:
+                part.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _probe(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"\0" * 65536)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        if err.errno in DISK_FULL_ERRNOS:
+            raise OutputDirError(f"no space left on device: {path}") from None
+        raise OutputDirError(
+            f"output directory {path} cannot be used: {err.strerror or type(err).__name__}"
+        ) from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise OutputDirError(
+            f"no space left on device: {path} ({free / 2**20:.1f} MiB free; a run needs at least "
+            f"{MIN_FREE_BYTES // 2**20} MiB)"
+        )
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:

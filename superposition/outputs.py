@@ -6,15 +6,19 @@ finished run.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from superposition.config import ConfigError
 
 RESULTS = "results.json"
 WEIGHTS = "weights.safetensors"
@@ -27,8 +31,30 @@ def _umask() -> int:
     return mask
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# below this much free space, a writer's failure is taken for a full disk (torch.save and
+# safetensors report it as an I/O error without an errno)
+NEARLY_FULL_BYTES = 2**20
+
+
+class DiskFullError(ConfigError):
+    """A write failed for lack of space; what was written before is intact."""
+
+
+def _disk_full(err: BaseException, path: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+        return True
+    try:
+        return (
+            isinstance(err, Exception) and shutil.disk_usage(path.parent).free < NEARLY_FULL_BYTES
+        )
+    except OSError:
+        return False
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path) beside `path`, then rename it over `path`."""
+    """Call write(temporary path) beside `path`, then rename it over `path`. On failure the
+    temporary file is removed and `path` is as it was; a full disk raises DiskFullError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -36,8 +62,13 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(err, path):
+            raise DiskFullError(
+                f"no space left on device: {path}; free some space and run the same command "
+                "again (what was saved before is kept)"
+            ) from err
         raise
 
 

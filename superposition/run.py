@@ -21,6 +21,7 @@ from superposition.checkpoint import TrainingInterrupted
 from superposition.config import Config, ConfigError, register_configs, validate
 from superposition.device import resolve_device
 from superposition.job import run_job
+from superposition.outdir import check_usable
 
 register_configs()
 
@@ -74,6 +75,17 @@ def check_output_dirs(args: list[str]) -> None:
                 f"{key} is empty; give a directory, or leave {key}= out for the default under "
                 "outputs/"
             )
+
+
+def output_root(args: list[str]) -> Path:
+    """Where this command writes: hydra.run.dir (a run) or hydra.sweep.dir (a multirun) when
+    given, else the outputs/ folder under the current one (its dated subfolders are made later)."""
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in args) else "hydra.run.dir"
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if sep and name == key and "${" not in value:
+            return Path(value)
+    return Path("outputs")
 
 
 def validate_single_run(args: list[str]) -> None:
@@ -159,6 +171,7 @@ def main() -> None:
         check_group_choices(sys.argv[1:])
         check_output_dirs(sys.argv[1:])
         validate_single_run(sys.argv[1:])
+        check_usable(output_root(sys.argv[1:]))
         hydra_main()
     except (*USER_ERRORS, TrainingInterrupted) as err:
         exit_with(err)

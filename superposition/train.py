@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from superposition.batches import DenseSampler, SparseSampler, make_samplers
-from superposition.checkpoint import Checkpointer, StopSignals
+from superposition.checkpoint import Checkpointer, CheckpointError, StopSignals
 from superposition.config import DataConfig, TrainConfig
 from superposition.device import plan_chunk_size, release_freed_memory
 from superposition.gradients import Workspace, loss_and_gradients
@@ -255,6 +255,70 @@ def _join(outcomes: list[dict]) -> dict:
     }
 
 
+def check_saved_state(saved: dict, spec: ModelSpec, n_instances: int, cfg: TrainConfig) -> None:
+    """A checkpoint's state fits this run: chunk layout, step range, shapes and dtypes.
+    Raises CheckpointError (one line) otherwise."""
+
+    def require(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(
+                f"checkpoint state does not fit this run: {what}; it is left as it is: delete "
+                "the checkpoint to start this run over"
+            )
+
+    shapes = spec.param_shapes()
+
+    def check_params(params: object, count: int, where: str) -> None:
+        require(isinstance(params, dict) and set(params) == set(shapes), f"{where}: parameters")
+        for name, shape in shapes.items():
+            value = params[name]
+            require(
+                isinstance(value, Tensor)
+                and tuple(value.shape) == (count, *shape)
+                and value.dtype == torch.float32,
+                f"{where}: {name} is not float32 of shape {(count, *shape)}",
+            )
+
+    n_logs = len(history_steps(cfg.steps, cfg.log_every))
+
+    def check_history(history: object, count: int, where: str) -> None:
+        require(
+            isinstance(history, Tensor) and tuple(history.shape) == (n_logs, count),
+            f"{where}: loss record is not of shape {(n_logs, count)}",
+        )
+
+    require(isinstance(saved, dict), "not a dict")
+    chunk = saved.get("chunk_size")
+    require(isinstance(chunk, int) and chunk >= 1, f"chunk_size {chunk!r}")
+    finished, current = saved.get("finished"), saved.get("current")
+    n_done = 0
+    if finished is not None:
+        require(isinstance(finished, dict), "finished chunks")
+        finite = finished.get("finite")
+        require(isinstance(finite, Tensor) and finite.dim() == 1, "finished chunks")
+        n_done = finite.shape[0]
+        require(
+            n_done <= n_instances and (n_done % chunk == 0 or n_done == n_instances),
+            f"{n_done} finished instances in chunks of {chunk}",
+        )
+        check_params(finished.get("params"), n_done, "finished chunks")
+        check_history(finished.get("history"), n_done, "finished chunks")
+    if current is not None:
+        require(isinstance(current, dict), "current chunk")
+        start, step = current.get("start"), current.get("step")
+        require(
+            start == n_done < n_instances,
+            f"current chunk starts at {start!r}, after {n_done} of {n_instances} finished",
+        )
+        require(
+            isinstance(step, int) and 0 <= step <= cfg.steps,
+            f"step {step!r} outside 0 .. {cfg.steps}",
+        )
+        count = min(chunk, n_instances - n_done)
+        check_params(current.get("params"), count, "current chunk")
+        check_history(current.get("history"), count, "current chunk")
+
+
 def train_grid(
     spec: ModelSpec,
     grid: InstanceGrid,
@@ -276,6 +340,7 @@ def train_grid(
     data = DataConfig() if data is None else data
     n = grid.n_instances
     if saved is not None:
+        check_saved_state(saved, spec, n, cfg)
         chunk = saved["chunk_size"]
         finished = [saved["finished"]] if saved["finished"] is not None else []
         current = saved["current"]
@@ -346,6 +411,12 @@ def train_grid(
             finished.append(run.outcome())
             del run
             release_freed_memory(device)
+        if checkpointer is not None and n_done < n:
+            # the trained state, whatever checkpoint_every says: a stop during the job's later
+            # stages then costs them, not the training
+            checkpointer.save(snapshot(None))
+            if stop.received:
+                stop.stop(checkpointer.path)
     joined = _join(finished)
     return TrainResult(
         params=joined["params"],

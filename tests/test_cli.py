@@ -82,9 +82,12 @@ def test_same_seed_reproduces_the_weights(tmp_path):
         ("sweep=bar", "sweep=bar is not a known choice; allowed:"),
         (
             "sweep.feature_probability=[0.5,0]",
-            "sweep.feature_probability must hold values in (0, 1]",
+            "sweep.feature_probability must hold numbers in [1.2e-38, 1]",
         ),
-        ("sweep.feature_probability=[1.2]", "sweep.feature_probability must hold values in (0, 1]"),
+        (
+            "sweep.feature_probability=[1.2]",
+            "sweep.feature_probability must hold numbers in [1.2e-38, 1]",
+        ),
         ("sweep.feature_probability=[]", "sweep.feature_probability is empty"),
         ("model.d_hidden=0", "model.d_hidden must be >= 1"),
         ("model.n_features=0", "model.n_features must be >= 1"),

@@ -77,9 +77,12 @@ def test_schema_rejects_at_composition(compose_config, override, key):
     [
         (
             "sweep.feature_probability=[0.5,1.5]",
-            "sweep.feature_probability must hold values in (0, 1]",
+            "sweep.feature_probability must hold numbers in [1.2e-38, 1]",
         ),
-        ("sweep.feature_probability=[0]", "sweep.feature_probability must hold values in (0, 1]"),
+        (
+            "sweep.feature_probability=[0]",
+            "sweep.feature_probability must hold numbers in [1.2e-38, 1]",
+        ),
         ("sweep.feature_probability=[]", "sweep.feature_probability is empty"),
         ("model.n_features=0", "model.n_features must be >= 1"),
         ("model.d_hidden=0", "model.d_hidden must be >= 1"),

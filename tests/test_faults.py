@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, run_cli
 from safetensors.torch import load_file
+
+from superposition.checkpoint import state_digest
 
 # issue 11's `S`: a small run that finishes in seconds
 SMALL = [
@@ -293,3 +298,280 @@ def test_wandb_mode_decides_over_the_environment(tmp_path, environment):
         "wandb.mode=offline decides"
     ) in done.stderr
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+
+# ---------------------------------------------------- 5. a stop after training keeps training
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_after_training_keeps_the_training(tmp_path, signum):
+    """checkpoint_every=0: the only checkpoint is the one written when training ends; a large
+    held-out batch keeps the job in evaluation for seconds after it."""
+    slow_evaluation = [*SMALL, "train.checkpoint_every=0", "eval.batch_size=3000000"]
+    reference = tmp_path / "uninterrupted"
+    finished_run(reference, *slow_evaluation[len(SMALL) :])
+    out = tmp_path / "stopped"
+    run = start_run(out, *slow_evaluation)
+    wait_for(out / "checkpoint.pt", run)
+    run.send_signal(signum)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signum, stderr[-3000:]
+    assert one_line(stderr).startswith(f"interrupted: stopped by {signal.Signals(signum).name}")
+    assert "Traceback" not in stderr
+    assert (out / "checkpoint.pt").exists() and not (out / "results.json").exists()
+    again = run_cli(*slow_evaluation, f"hydra.run.dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    # the progress bar starts full: no training step is taken again
+    assert re.search(r"train \d+ instances: 100%", again.stderr)
+    assert not re.search(r"train \d+ instances: +\d%", again.stderr)
+    for name in ("weights.safetensors", "history.safetensors"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes()
+
+
+# ------------------------------------------------- 3. a checkpoint is verified before use
+
+STOPPABLE = [*SMALL, "train.steps=4000", "train.checkpoint_every=20"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """The output directory of a run stopped by SIGTERM mid-training: it holds a checkpoint."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    run = start_run(out, *STOPPABLE)
+    wait_until_training(out, run)
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM
+    return out
+
+
+def edited_checkpoint(stopped_run: Path, tmp_path: Path, edit, redigest: bool = True) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    path = out / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    edit(payload["state"])
+    if redigest:  # as a careful hand would: the digest then holds, the fields must be checked
+        payload["digest"] = state_digest(payload["state"])
+    torch.save(payload, path)
+    return out
+
+
+def refused_as_is(out: Path, expected: str) -> None:
+    before = (out / "checkpoint.pt").read_bytes()
+    done = run_cli(*STOPPABLE, f"hydra.run.dir={out}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = one_line(done.stderr)
+    assert line.startswith("error: ") and expected in line, line
+    assert "delete" in line and "start this run over" in line
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not (out / "results.json").exists()
+
+
+def nudge_a_weight(state: dict) -> None:
+    state["current"]["params"]["W"][0, 0, 0] += 1e-3
+
+
+def test_a_checkpoint_changed_after_writing_is_refused(stopped_run, tmp_path):
+    out = edited_checkpoint(stopped_run, tmp_path, nudge_a_weight, redigest=False)
+    refused_as_is(out, "does not match the digest it was written with")
+
+
+def test_a_flipped_bit_is_refused(stopped_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    data = bytearray((out / "checkpoint.pt").read_bytes())
+    # a bit of the weights themselves (padding between the file's records is never read)
+    weights = torch.load(out / "checkpoint.pt", weights_only=True)["state"]["current"]["params"]
+    at = bytes(data).find(weights["W"].numpy().tobytes())
+    assert at > 0
+    data[at + 5] ^= 0x10
+    (out / "checkpoint.pt").write_bytes(bytes(data))
+    before = bytes(data)
+    done = run_cli(*STOPPABLE, f"hydra.run.dir={out}")
+    assert done.returncode == 2
+    line = one_line(done.stderr)
+    assert "is unreadable" in line or "does not match the digest" in line, line
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def set_step(step):
+    def edit(state: dict) -> None:
+        state["current"]["step"] = step
+
+    return edit
+
+
+def drop_w(state: dict) -> None:
+    del state["current"]["params"]["W"]
+
+
+def widen_w(state: dict) -> None:
+    state["current"]["params"]["W"] = torch.zeros(4, 3, 5)
+
+
+def double_w(state: dict) -> None:
+    state["current"]["params"]["W"] = state["current"]["params"]["W"].double()
+
+
+def zero_chunks(state: dict) -> None:
+    state["chunk_size"] = 0
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (set_step(10**6), "step 1000000 outside 0 .. 4000"),
+        (set_step(-5), "step -5 outside 0 .. 4000"),
+        (drop_w, "current chunk: parameters"),
+        (widen_w, "current chunk: W is not float32 of shape (4, 2, 5)"),
+        (double_w, "current chunk: W is not float32 of shape (4, 2, 5)"),
+        (zero_chunks, "chunk_size 0"),
+    ],
+    ids=["step_too_large", "step_negative", "missing_key", "wrong_shape", "float64", "chunk_0"],
+)
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused(stopped_run, tmp_path, edit, expected):
+    refused_as_is(edited_checkpoint(stopped_run, tmp_path, edit), expected)
+
+
+def test_the_unedited_checkpoint_resumes(stopped_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    done = run_cli(*STOPPABLE, f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stdout
+
+
+# ------------------------------------------- 7, 8. unusable output directories, full disks
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs of 24 MiB (root and mount rights needed: skipped where there are none)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk is full; return it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file", "proc"])
+def test_an_unusable_output_directory_is_one_line(tmp_path, where):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    out = {"a_file": a_file, "under_a_file": a_file / "run", "proc": Path("/proc/no/run")}[where]
+    done = run_cli(*SMALL, f"hydra.run.dir={out}")
+    assert done.returncode == 2
+    line = one_line(done.stderr)
+    assert line.startswith(f"error: output directory {out} cannot be used: ")
+    assert a_file.read_text() == "not a directory"
+
+
+def test_a_read_only_or_full_disk_is_refused_before_training(small_disk):
+    filler = fill(small_disk)
+    done = run_cli(*SMALL, f"hydra.run.dir={small_disk / 'run'}")
+    assert done.returncode == 2
+    assert one_line(done.stderr).startswith(f"error: no space left on device: {small_disk}/run")
+    assert not (small_disk / "run").exists()
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    done = run_cli(*SMALL, f"hydra.run.dir={small_disk / 'run'}")
+    assert done.returncode == 2
+    assert one_line(done.stderr) == (
+        f"error: output directory {small_disk / 'run'} cannot be used: Read-only file system"
+    )
+
+
+def test_a_disk_that_fills_during_training_is_one_line_and_keeps_the_checkpoint(small_disk):
+    out = small_disk / "run"
+    run = start_run(out, *STOPPABLE)
+    wait_until_training(out, run)
+    filler = fill(small_disk)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 2, stderr[-3000:]
+    line = one_line(stderr)
+    assert line.startswith("error: no space left on device: ") and str(out) in line
+    assert "run the same command again" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["current"]["step"] > 0
+    assert not list(out.rglob(".*.tmp"))
+    filler.unlink()
+    done = run_cli(*STOPPABLE, f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stdout
+
+
+# ------------------------------------------------------------------------ kill anywhere
+
+KILLABLE = [*SMALL, "train.steps=1500", "train.checkpoint_every=100", "eval.batch_size=400000"]
+KILLS = 20
+
+
+def test_killed_anywhere_and_rerun_ends_bit_identical(tmp_path):
+    """SIGKILL at random moments (start-up, training, checkpoint writes, evaluation, figures,
+    the final writes), a rerun after each; every sequence that finishes matches an uninterrupted
+    run bit for bit and leaves no temporary file."""
+    reference = tmp_path / "reference"
+    started = time.monotonic()
+    finished_run(reference, *KILLABLE[len(SMALL) :])
+    wall = time.monotonic() - started
+    expected = {
+        name: (reference / name).read_bytes()
+        for name in ("weights.safetensors", "history.safetensors")
+    }
+    expected_levels = json.loads((reference / "results.json").read_text())["levels"]
+    chance = random.Random(0)
+    kills, sequences = 0, 0
+    while kills < KILLS:
+        assert sequences < 3 * KILLS, f"only {kills} kills in {sequences} sequences"
+        out = tmp_path / f"sequence{sequences}"
+        sequences += 1
+        while not (out / "results.json").exists():
+            fresh = not out.exists()
+            run = start_run(out, *KILLABLE)
+            started = time.monotonic()
+            try:
+                run.wait(timeout=chance.uniform(0.2, 1.0) * wall)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                kills += 1
+            else:
+                if fresh:  # the machine is faster than when the reference ran: aim earlier
+                    wall = time.monotonic() - started
+            _, stderr = run.communicate()
+            assert run.returncode in (0, -signal.SIGKILL), stderr[-3000:]
+        for name, content in expected.items():
+            assert (out / name).read_bytes() == content, f"{out / name} after {kills} kills"
+        levels = json.loads((out / "results.json").read_text())["levels"]
+        assert levels == expected_levels
+        assert not list(out.rglob(".*.tmp"))
+        assert not (out / "checkpoint.pt").exists()

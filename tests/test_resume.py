@@ -57,14 +57,38 @@ def test_signal_mid_training_saves_and_resume_is_bit_identical(tmp_path):
     assert torch.equal(resumed.finite, reference.finite)
 
 
+class KeepingCheckpointer(Checkpointer):
+    """Also reads back every checkpoint right after it is written."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.written: list[dict] = []
+
+    def save(self, state: dict) -> None:
+        super().save(state)
+        self.written.append(self.load())
+
+
 def test_periodic_checkpoint_holds_the_state_at_that_step(tmp_path):
-    checkpointer = Checkpointer(tmp_path, "fp", every=100)
+    checkpointer = KeepingCheckpointer(tmp_path, "fp", every=100)
     train_grid(SPEC, GRID, cfg(), seed=0, device=CPU, checkpointer=checkpointer)
-    saved = checkpointer.load()
     # the last periodic save is at step 400 of the last chunk (instances 8..8)
-    assert saved["current"]["start"] == 8 and saved["current"]["step"] == 400
-    assert saved["finished"]["finite"].shape == (8,)
-    assert saved["chunk_size"] == 4
+    periodic = checkpointer.written[-2]
+    assert periodic["current"]["start"] == 8 and periodic["current"]["step"] == 400
+    assert periodic["finished"]["finite"].shape == (8,)
+    assert periodic["chunk_size"] == 4
+    # then, whatever train.checkpoint_every says, the trained state: every chunk finished
+    final = checkpointer.load()
+    assert final["current"] is None and final["finished"]["finite"].shape == (9,)
+
+
+def test_training_ends_with_its_state_saved_even_without_periodic_checkpoints(tmp_path):
+    checkpointer = KeepingCheckpointer(tmp_path, "fp", every=0)
+    trained = train_grid(SPEC, GRID, cfg(), seed=0, device=CPU, checkpointer=checkpointer)
+    (final,) = checkpointer.written
+    again = train_grid(SPEC, GRID, cfg(), seed=0, device=CPU, saved=final)
+    for name, value in trained.params.items():
+        assert torch.equal(again.params[name], value)
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
