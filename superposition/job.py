@@ -16,12 +16,18 @@ from superposition.analysis import (
 )
 from superposition.checkpoint import Checkpointer, StopSignals, fingerprint
 from superposition.config import Config, ConfigError, Task
-from superposition.device import resolve_device
+from superposition.device import bytes_per_instance, free_memory_bytes, resolve_device
 from superposition.evaluate import evaluate_grid, feature_loss_ratio
 from superposition.grid import InstanceGrid, phase_grid, sparsity_grid
 from superposition.metrics import level_metrics, one_sign_features
 from superposition.model import ModelSpec
-from superposition.outdir import digests, exclusive, finished_results, remove_stale_temporaries
+from superposition.outdir import (
+    check_not_busy,
+    digests,
+    exclusive,
+    finished_results,
+    remove_stale_temporaries,
+)
 from superposition.outputs import HISTORY, RESULTS, WEIGHTS, json_safe, write_json, write_tensors
 from superposition.plots import PLOTS_DIR, RunData, draw_run
 from superposition.select import Selection, gather_best, select_best
@@ -168,17 +174,53 @@ def run_job(
         return _run_locked(config, out_dir, run_name, group, tracked_config)
 
 
+def check_fits_in_memory(config: Config) -> None:
+    """ConfigError when a single instance's training step cannot fit in the device's free memory
+    (the trainer can split instances into chunks, not one instance's batch)."""
+    device = resolve_device(config.device)
+    need = bytes_per_instance(
+        model_spec(config), config.train.batch_size, list(config.sweep.feature_probability)
+    )
+    free = free_memory_bytes(device)
+    if need > free:
+        raise ConfigError(
+            f"not enough memory: one instance needs about {need / 2**30:.3g} GiB per training "
+            f"step (model.n_features={config.model.n_features}, model.d_hidden="
+            f"{config.model.d_hidden}, train.batch_size={config.train.batch_size}) and the "
+            f"{device.type} has {free / 2**30:.3g} GiB free; lower train.batch_size or the model "
+            "sizes"
+        )
+
+
+def finished_here(config: Config, out_dir: Path) -> dict | None:
+    """The results of this config's finished run in out_dir, or None when there is none;
+    ConfigError when out_dir holds another config's finished run or broken results."""
+    finished = finished_results(out_dir)
+    if finished is not None and finished.get("config_fingerprint") != config_fingerprint(config):
+        raise ConfigError(
+            f"{out_dir} holds a finished run of another config; "
+            "choose another output directory (hydra.run.dir=...)"
+        )
+    return finished
+
+
+def check_directory(config: Config, out_dir: Path) -> None:
+    """Everything the job would refuse out_dir for, checked without writing (run.py calls it
+    before Hydra records its config there): another run holding it, another config's results or
+    checkpoint, broken results or checkpoint."""
+    if not Path(out_dir).is_dir():
+        return
+    check_not_busy(out_dir)
+    if finished_here(config, out_dir) is None:
+        Checkpointer(out_dir, config_fingerprint(config), 0).load()
+
+
 def _run_locked(
     config: Config, out_dir: Path, run_name: str, group: str | None, tracked_config: dict | None
 ) -> dict:
     run_fingerprint = config_fingerprint(config)
-    finished = finished_results(out_dir)
+    finished = finished_here(config, out_dir)
     if finished is not None:
-        if finished.get("config_fingerprint") != run_fingerprint:
-            raise ConfigError(
-                f"{out_dir} holds a finished run of another config; "
-                "choose another output directory (hydra.run.dir=...)"
-            )
         print(f"already finished, not trained again: results in {out_dir}")
         return finished
     device = resolve_device(config.device)

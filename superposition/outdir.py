@@ -41,9 +41,17 @@ class OutputDirError(ConfigError):
     """The output directory cannot be used as it is; the message says why and what to do."""
 
 
+def check_not_busy(out_dir: Path) -> None:
+    """OutputDirError if another process holds OUT_DIR/.lock now (the lock is not kept)."""
+    if (Path(out_dir) / LOCK).exists():
+        with exclusive(out_dir, record=False):
+            pass
+
+
 @contextmanager
-def exclusive(out_dir: Path) -> Iterator[None]:
-    """Hold OUT_DIR/.lock exclusively until the block ends (or the process does)."""
+def exclusive(out_dir: Path, record: bool = True) -> Iterator[None]:
+    """Hold OUT_DIR/.lock exclusively until the block ends (or the process does); with record,
+    write who holds it into the file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
@@ -56,9 +64,11 @@ def exclusive(out_dir: Path) -> Iterator[None]:
                 f"{out_dir} is in use by another run ({holder}); wait for it to end or choose "
                 "another output directory (hydra.run.dir=...)"
             ) from None
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
+        if record:
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            holder = f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the lock

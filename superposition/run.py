@@ -20,7 +20,7 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 from superposition.checkpoint import TrainingInterrupted
 from superposition.config import Config, ConfigError, register_configs, validate
 from superposition.device import resolve_device
-from superposition.job import run_job
+from superposition.job import check_directory, check_fits_in_memory, run_job
 from superposition.outdir import check_usable
 
 register_configs()
@@ -40,6 +40,7 @@ def to_config(cfg: DictConfig) -> Config:
     config = OmegaConf.to_object(cfg)
     validate(config)
     resolve_device(config.device)
+    check_fits_in_memory(config)
     return config
 
 
@@ -77,29 +78,30 @@ def check_output_dirs(args: list[str]) -> None:
             )
 
 
-def output_root(args: list[str]) -> Path:
-    """Where this command writes: hydra.run.dir (a run) or hydra.sweep.dir (a multirun) when
-    given, else the outputs/ folder under the current one (its dated subfolders are made later)."""
+def given_dir(args: list[str]) -> Path | None:
+    """hydra.run.dir (a run) or hydra.sweep.dir (a multirun) when given as a plain path."""
     key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in args) else "hydra.run.dir"
     for arg in args:
         name, sep, value = arg.partition("=")
         if sep and name == key and "${" not in value:
             return Path(value)
-    return Path("outputs")
+    return None
 
 
-def validate_single_run(args: list[str]) -> None:
+def validate_single_run(args: list[str]) -> Config | None:
     """Compose and check a plain run's config before Hydra creates its output directory, so
-    bad input leaves nothing behind. Multirun and Hydra's own flags are left to Hydra."""
+    bad input leaves nothing behind; return it. Multirun and Hydra's own flags are left to
+    Hydra (None)."""
     if any(arg.startswith("-") for arg in args):
-        return
+        return None
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        to_config(compose("config", overrides=args))
+        config = to_config(compose("config", overrides=args))
     if any(arg.startswith("cluster=") for arg in args):
         print(
             "warning: cluster= applies to multiruns (-m); this single run stays in this process",
             file=sys.stderr,
         )
+    return config
 
 
 def describe_user_error(err: BaseException) -> str:
@@ -170,8 +172,13 @@ def main() -> None:
     try:
         check_group_choices(sys.argv[1:])
         check_output_dirs(sys.argv[1:])
-        validate_single_run(sys.argv[1:])
-        check_usable(output_root(sys.argv[1:]))
+        config = validate_single_run(sys.argv[1:])
+        out_dir = given_dir(sys.argv[1:])
+        if config is not None and out_dir is not None:
+            # before Hydra records this run's config in a directory the job would refuse
+            check_directory(config, out_dir)
+        # the default is a new dated folder under outputs/
+        check_usable(out_dir or Path("outputs"))
         hydra_main()
     except (*USER_ERRORS, TrainingInterrupted) as err:
         exit_with(err)

@@ -242,6 +242,8 @@ def test_an_interrupt_is_one_line(tmp_path):
         ("sweep=../../conf/task/abs", "a choice is a plain name; allowed: phase, sparsity"),
         ("seed=18446744073709551616", "seed must be in [0, 2^63), got 18446744073709551616"),
         ("seed=-1", "seed must be in [0, 2^63), got -1"),
+        ("model.n_features=100000000", "not enough memory: one instance needs about"),
+        ("train.batch_size=1000000000", "GiB free; lower train.batch_size or the model sizes"),
     ],
 )
 def test_bad_values_are_refused_before_anything_is_written(tmp_path, override, message):
@@ -575,3 +577,37 @@ def test_killed_anywhere_and_rerun_ends_bit_identical(tmp_path):
         assert levels == expected_levels
         assert not list(out.rglob(".*.tmp"))
         assert not (out / "checkpoint.pt").exists()
+
+
+# --------------------------------------------------- 4. a refused run leaves .hydra/ alone
+
+
+def hydra_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / ".hydra").iterdir())}
+
+
+def test_a_refused_run_does_not_rewrite_the_recorded_config(tmp_path):
+    out = tmp_path / "kept"
+    finished_run(out)
+    recorded = hydra_files(out)
+    assert "overrides.yaml" in recorded
+    done = run_cli(*SMALL, "seed=1", f"hydra.run.dir={out}")
+    assert done.returncode == 2 and "holds a finished run of another config" in done.stderr
+    assert hydra_files(out) == recorded
+
+
+def test_a_refused_checkpoint_or_busy_directory_does_not_rewrite_the_recorded_config(tmp_path):
+    out = tmp_path / "busy"
+    first = start_run(out, *STOPPABLE)
+    try:
+        wait_until_training(out, first)
+        recorded = hydra_files(out)
+        busy = run_cli(*STOPPABLE, "seed=1", f"hydra.run.dir={out}")
+        assert busy.returncode == 2 and "is in use by another run" in busy.stderr
+        assert hydra_files(out) == recorded
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    foreign = run_cli(*STOPPABLE, "seed=1", f"hydra.run.dir={out}")
+    assert foreign.returncode == 2 and "was written by another config" in foreign.stderr
+    assert hydra_files(out) == recorded
