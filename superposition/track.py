@@ -183,6 +183,8 @@ class Tracker:
         if mode not in MODES:
             warn("could not start", f"mode {mode!r} is not one of {', '.join(MODES)}")
             return cls()
+        # W&B's own terminal lines (e.g. where it found credentials) are not the runner's to show
+        os.environ.setdefault("WANDB_SILENT", "true")
         try:
             import wandb
 
