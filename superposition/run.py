@@ -27,6 +27,9 @@ register_configs()
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+# job numbers of a multirun's refused jobs (printed as they happen)
+FAILED_JOBS: list[int] = []
+
 USER_ERRORS = (
     ConfigError,
     ConfigCompositionException,
@@ -129,7 +132,19 @@ def hydra_main(cfg: DictConfig) -> None:
             traceback.print_exc()
             raise
     elif HydraConfig.get().mode == RunMode.MULTIRUN:
-        run_configured(cfg)  # a failing job is the sweep's to report
+        # jobs one after another in this process: a refused job says so in one line and the
+        # sweep goes on (main exits non-zero at the end); an interrupt stops the sweep
+        try:
+            run_configured(cfg)
+        except TrainingInterrupted as err:
+            exit_with(err)
+        except USER_ERRORS as err:
+            job = HydraConfig.get().job
+            print(
+                f"error: job {job.num} ({job.override_dirname}): {describe_user_error(err)}",
+                file=sys.stderr,
+            )
+            FAILED_JOBS.append(job.num)
     else:
         # exit from inside the job: raised through Hydra, the error would be preceded by Hydra's
         # "Error executing job with overrides: [...]" line
@@ -180,6 +195,8 @@ def main() -> None:
         # the default is a new dated folder under outputs/
         check_usable(out_dir or Path("outputs"))
         hydra_main()
+        if FAILED_JOBS:
+            sys.exit(2)
     except (*USER_ERRORS, TrainingInterrupted) as err:
         exit_with(err)
     except (FailedJobError, UncompletedJobError) as err:

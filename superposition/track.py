@@ -204,7 +204,8 @@ class Tracker:
                     console="off",
                     silent=True,
                     save_code=False,
-                    init_timeout=INIT_TIMEOUT_S,
+                    # W&B's own variable, which an explicit setting would otherwise override
+                    init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)),
                     # a job that ended without finishing its run must not hand it to the next job
                     reinit="finish_previous",
                 ),

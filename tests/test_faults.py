@@ -611,3 +611,48 @@ def test_a_refused_checkpoint_or_busy_directory_does_not_rewrite_the_recorded_co
     foreign = run_cli(*STOPPABLE, "seed=1", f"hydra.run.dir={out}")
     assert foreign.returncode == 2 and "was written by another config" in foreign.stderr
     assert hydra_files(out) == recorded
+
+
+def test_a_refused_job_of_a_multirun_is_one_line_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (job0,) = sweep.glob("0_*")
+    (job0 / "results.json").write_text("[1, 2]")
+    (sweep / next(sweep.glob("1_*")).name / "results.json").unlink()  # job 1 trains again
+    done = run_cli("-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 2
+    assert "Error executing job" not in done.stderr
+    line = one_line(done.stderr)
+    assert line.startswith("error: job 0 (") and "seed=0," in line
+    assert "does not hold a run's results" in line
+    assert (next(sweep.glob("1_*")) / "results.json").exists()
+
+
+def test_online_wandb_without_a_server_is_the_one_warning(tmp_path):
+    """No network here: W&B's server is a closed port on this machine (127.0.0.1:9)."""
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+        "WANDB_API_KEY": "0" * 40,
+        "WANDB_INIT_TIMEOUT": "5",
+    }
+    env.pop("WANDB_SILENT", None)
+    for name in ("CONFIG", "CACHE", "DATA"):
+        env[f"WANDB_{name}_DIR"] = str(tmp_path / "wandb_home" / name.lower())
+    args = [a for a in SMALL if not a.startswith("wandb.mode")]
+    done = subprocess.run(
+        [sys.executable, "-m", "superposition.run", *args, "wandb.mode=online"]
+        + [f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert one_line(done.stderr).startswith("warning: W&B could not start (online): ")
+    assert "wandb:" not in done.stdout + done.stderr
+    assert (out / "results.json").is_file()
