@@ -6,6 +6,7 @@ comparing restarts is a paired comparison: the noise of the batch cancels in the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 import torch
@@ -70,26 +71,38 @@ def _evaluate_chunk(
     data: DataConfig,
 ) -> Annotated[Tensor, "instance"]:
     n = levels.shape[0]
-    rows_per_pass = max(1, EVAL_ELEMENTS_PER_PASS // (n * spec.n_features))
     total = torch.zeros(n, dtype=torch.float64, device=levels.device)
+    for x in held_out_rows(spec, seed, levels, probability, rows, data):
+        loss = loss_per_instance(forward(spec, params, x), target_of(spec, x), importance)
+        total += loss.double() * x.shape[1]
+    return (total / rows).float().cpu()
+
+
+def held_out_rows(
+    spec: ModelSpec,
+    seed: int,
+    levels: Annotated[Tensor, "instance"],
+    probability: Annotated[Tensor, "instance"],
+    rows: int,
+    data: DataConfig,
+) -> Iterator[Annotated[Tensor, "instance batch feature"]]:
+    """The held-out rows of each instance's grid point (the eval stream keyed by `levels`), in
+    passes of at most EVAL_ELEMENTS_PER_PASS elements."""
+    rows_per_pass = max(1, EVAL_ELEMENTS_PER_PASS // (levels.shape[0] * spec.n_features))
     for row_start in range(0, rows, rows_per_pass):
-        n_rows = min(rows_per_pass, rows - row_start)
         sampler = BatchSampler(
             spec.task,
             seed,
             levels,
             probability,
-            n_rows,
+            min(rows_per_pass, rows - row_start),
             spec.n_features,
             EVAL_STREAM,
             row_start,
             correlated_pairs=data.correlated_pairs,
             anticorrelated_pairs=data.anticorrelated_pairs,
         )
-        x = sampler(0)
-        loss = loss_per_instance(forward(spec, params, x), target_of(spec, x), importance)
-        total += loss.double() * n_rows
-    return (total / rows).float().cpu()
+        yield sampler(0)
 
 
 @torch.no_grad()
@@ -114,23 +127,9 @@ def feature_loss_ratio(
     levels = torch.arange(n_levels, device=device)
     probability = grid.feature_probability.float().to(device)
     params = {k: v.to(device) for k, v in kept.items()}
-    rows_per_pass = max(1, EVAL_ELEMENTS_PER_PASS // (n_levels * spec.n_features))
     error = torch.zeros(n_levels, spec.n_features, dtype=torch.float64, device=device)
     dropped = torch.zeros_like(error)
-    for row_start in range(0, rows, rows_per_pass):
-        sampler = BatchSampler(
-            spec.task,
-            seed,
-            levels,
-            probability,
-            min(rows_per_pass, rows - row_start),
-            spec.n_features,
-            EVAL_STREAM,
-            row_start,
-            correlated_pairs=data.correlated_pairs,
-            anticorrelated_pairs=data.anticorrelated_pairs,
-        )
-        x = sampler(0)
+    for x in held_out_rows(spec, seed, levels, probability, rows, data):
         target = target_of(spec, x)
         error += (target - forward(spec, params, x)).pow(2).sum(dim=1).double()
         dropped += target.pow(2).sum(dim=1).double()

@@ -278,22 +278,30 @@ def test_an_empty_output_directory_is_refused(tmp_path, key):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("environment", ["disabled", "garbage", "online"])
-def test_wandb_mode_decides_over_the_environment(tmp_path, environment):
-    out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": environment, "WANDB_SILENT": "true"}
+def run_with_wandb(tmp_path: Path, mode: str, **environment: str) -> subprocess.CompletedProcess:
+    """A SMALL run into tmp_path/run with wandb.mode=mode, W&B's folders under tmp_path, the
+    given environment variables set and no WANDB_MODE / WANDB_SILENT but those given."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_SILENT")}
+    env.update(environment)
     for name in ("CONFIG", "CACHE", "DATA"):
         env[f"WANDB_{name}_DIR"] = str(tmp_path / "wandb_home" / name.lower())
     args = [a for a in SMALL if not a.startswith("wandb.mode")]
-    done = subprocess.run(
-        [sys.executable, "-m", "superposition.run", *args, "wandb.mode=offline"]
-        + [f"hydra.run.dir={out}"],
+    return subprocess.run(
+        [sys.executable, "-m", "superposition.run", *args, f"wandb.mode={mode}"]
+        + [f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO,
         env=env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.parametrize("environment", ["disabled", "garbage", "online"])
+def test_wandb_mode_decides_over_the_environment(tmp_path, environment):
+    out = tmp_path / "run"
+    done = run_with_wandb(tmp_path, "offline", WANDB_MODE=environment, WANDB_SILENT="true")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (
         f"warning: W&B: WANDB_MODE={environment} in the environment is ignored; "
@@ -632,25 +640,12 @@ def test_a_refused_job_of_a_multirun_is_one_line_and_the_sweep_goes_on(tmp_path)
 def test_online_wandb_without_a_server_is_the_one_warning(tmp_path):
     """No network here: W&B's server is a closed port on this machine (127.0.0.1:9)."""
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "WANDB_BASE_URL": "http://127.0.0.1:9",
-        "WANDB_API_KEY": "0" * 40,
-        "WANDB_INIT_TIMEOUT": "5",
-    }
-    env.pop("WANDB_SILENT", None)
-    for name in ("CONFIG", "CACHE", "DATA"):
-        env[f"WANDB_{name}_DIR"] = str(tmp_path / "wandb_home" / name.lower())
-    args = [a for a in SMALL if not a.startswith("wandb.mode")]
-    done = subprocess.run(
-        [sys.executable, "-m", "superposition.run", *args, "wandb.mode=online"]
-        + [f"hydra.run.dir={out}"],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_with_wandb(
+        tmp_path,
+        "online",
+        WANDB_BASE_URL="http://127.0.0.1:9",
+        WANDB_API_KEY="0" * 40,
+        WANDB_INIT_TIMEOUT="5",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert one_line(done.stderr).startswith("warning: W&B could not start (online): ")
