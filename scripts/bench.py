@@ -12,11 +12,11 @@ repeat to the next (ABBA), after an untimed warm-up of each. The figures are med
 - reference: the loop as the ARENA course writes it (ReferenceToyModel): stacked nn.Parameters,
   einops einsum forward, two torch.rand and a torch.where per step, autograd, torch.optim.Adam, the
   learning rate set every step, loss.item() every 50 steps.
-- project: superposition.train.train_grid, called as superposition.run calls it (no checkpointer).
+- project: engine.train.train_grid, called as superposition.run calls it (no checkpointer).
 
 Peak memory is measured in a fresh process per side and workload (see measure_peak_memory); the
 final parameters of every timed run are scored on the same held-out batch
-(superposition.evaluate.evaluate_grid), so a speed-up that learns less can be seen. A last section
+(analysis.evaluate.evaluate_grid), so a speed-up that learns less can be seen. A last section
 trains W1 at 448 and 4,480 instances under TrainConfig(memory_budget_mb=...) and reports the peak
 next to the budget (the trainer chunks the instance axis to stay under it).
 """
@@ -51,12 +51,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from superposition.analysis.evaluate import evaluate_grid  # noqa: E402
 from superposition.config import ConfigError, Device, Task, TrainConfig  # noqa: E402
-from superposition.device import bytes_per_instance, resolve_device  # noqa: E402
-from superposition.evaluate import evaluate_grid  # noqa: E402
+from superposition.engine.device import bytes_per_instance, resolve_device  # noqa: E402
+from superposition.engine.train import train_grid  # noqa: E402
 from superposition.grid import InstanceGrid, sparsity_grid  # noqa: E402
-from superposition.model import ModelSpec, init_scales  # noqa: E402
-from superposition.train import train_grid  # noqa: E402
+from superposition.tasks.model import ModelSpec, init_scales  # noqa: E402
 
 SIDES = ("reference", "project")
 LOG_EVERY = 50
@@ -157,7 +157,7 @@ class ReferenceToyModel(nn.Module):
     """The course's ToyModel (identity) and NeuronComputationModel (abs), instances stacked first.
 
     Activations are (batch, instance, feature), as in the course. The initial weights are drawn
-    with torch.rand / torch.randn at the scale superposition.model.init_scales gives for `spec`
+    with torch.rand / torch.randn at the scale tasks.model.init_scales gives for `spec`
     (the course's effective scale for abs by default: its kaiming_uniform_ on the stacked tensor
     reads the fan-in as d_hidden · n_features), so both sides start from the same distribution and
     the held-out losses compare training, not initialisation.
@@ -244,7 +244,7 @@ class ReferenceToyModel(nn.Module):
                 progress_bar.set_postfix(loss=self.loss_log[-1], lr=step_lr)
 
     def trained_params(self) -> dict[str, Tensor]:
-        """Parameters under the names superposition.model uses, on the CPU."""
+        """Parameters under the names superposition.tasks.model uses, on the CPU."""
         return {name: p.detach().cpu() for name, p in self.named_parameters()}
 
 
@@ -419,7 +419,7 @@ def _fresh_process_context():
     ctx = mp.get_context("forkserver")
     # imported once in the server (torch.optim imports torch._dynamo on first use): children
     # start in milliseconds
-    ctx.set_forkserver_preload(["__main__", "torch", "torch._dynamo", "superposition.train"])
+    ctx.set_forkserver_preload(["__main__", "torch", "torch._dynamo", "superposition.engine.train"])
     return ctx
 
 

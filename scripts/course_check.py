@@ -8,7 +8,7 @@ RUN_DIR is the output directory of any run: only its config (.hydra/config.yaml)
 each seed both sides train every instance of that config:
 - course: scripts/bench.py's ReferenceToyModel, the loop the course writes (torch.rand batches,
   einops forward, autograd, torch.optim.Adam, torch.manual_seed(seed));
-- project: superposition.train.train_grid, as a job calls it.
+- project: superposition.engine.train.train_grid, as a job calls it.
 Both start from the same initial distribution (model.init_scales for the config's model.init).
 Every restart of both is then scored by an evaluator that shares no code with the package's
 sampler or forward: course-style rows (torch.rand from a fixed generator), a plain einsum
@@ -43,11 +43,11 @@ sys.path.insert(0, str(SCRIPTS.parent))
 
 from bench import ReferenceToyModel  # noqa: E402
 
+from superposition.analysis.metrics import computed_fraction, represented, sign_counts  # noqa: E402
 from superposition.config import InitScheme, Task, TrainConfig  # noqa: E402
+from superposition.engine.train import train_grid  # noqa: E402
 from superposition.grid import sparsity_grid  # noqa: E402
-from superposition.metrics import computed_fraction, represented, sign_counts  # noqa: E402
-from superposition.model import ModelSpec  # noqa: E402
-from superposition.train import train_grid  # noqa: E402
+from superposition.tasks.model import ModelSpec  # noqa: E402
 
 SELECTION_SEED = 1_000_003
 SCORING_SEED = 2_000_003

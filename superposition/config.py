@@ -212,7 +212,7 @@ def validate(cfg: Config) -> None:
                 f"active with probability 2p), got {p}",
             )
     if cfg.preset is not None:
-        from superposition.verdicts import PRESETS  # the verdicts know the presets
+        from superposition.analysis.verdicts import PRESETS  # the verdicts know the presets
 
         _require(
             cfg.preset in PRESETS,

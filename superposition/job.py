@@ -8,32 +8,39 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from superposition.analysis import (
+from superposition.analysis.evaluate import evaluate_grid, feature_loss_ratio
+from superposition.analysis.geometry import (
     abs_constant_loss,
     abs_no_superposition_loss,
     important_feature_count,
     important_features,
 )
-from superposition.checkpoint import Checkpointer, StopSignals, fingerprint
+from superposition.analysis.metrics import level_metrics, one_sign_features
+from superposition.analysis.select import Selection, gather_best, select_best
+from superposition.analysis.verdicts import judge, write_report
 from superposition.config import Config, ConfigError, Task
-from superposition.device import bytes_per_instance, free_memory_bytes, resolve_device
-from superposition.evaluate import evaluate_grid, feature_loss_ratio
+from superposition.engine.device import bytes_per_instance, free_memory_bytes, resolve_device
+from superposition.engine.train import TrainResult, train_grid
+from superposition.figures.run_figures import PLOTS_DIR, RunData, draw_run
 from superposition.grid import InstanceGrid, phase_grid, sparsity_grid
-from superposition.metrics import level_metrics, one_sign_features
-from superposition.model import ModelSpec
-from superposition.outdir import (
+from superposition.store.checkpoint import Checkpointer, StopSignals, fingerprint
+from superposition.store.files import (
+    HISTORY,
+    RESULTS,
+    WEIGHTS,
+    json_safe,
+    write_json,
+    write_tensors,
+)
+from superposition.store.outdir import (
     check_not_busy,
     digests,
     exclusive,
     finished_results,
     remove_stale_temporaries,
 )
-from superposition.outputs import HISTORY, RESULTS, WEIGHTS, json_safe, write_json, write_tensors
-from superposition.plots import PLOTS_DIR, RunData, draw_run
-from superposition.select import Selection, gather_best, select_best
+from superposition.tasks.model import ModelSpec
 from superposition.track import Tracker
-from superposition.train import TrainResult, train_grid
-from superposition.verdicts import judge, write_report
 
 
 def model_spec(config: Config) -> ModelSpec:

@@ -17,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from superposition.checkpoint import TrainingInterrupted
 from superposition.config import Config, ConfigError, register_configs, validate
-from superposition.device import resolve_device
+from superposition.engine.device import resolve_device
 from superposition.job import check_directory, check_fits_in_memory, run_job
-from superposition.outdir import check_usable
+from superposition.store.checkpoint import TrainingInterrupted
+from superposition.store.outdir import check_usable
 
 register_configs()
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from superposition.outputs import RESULTS, WEIGHTS
+from superposition.store.files import RESULTS, WEIGHTS
 
 MODES = ("offline", "online", "disabled")
 # seconds wandb.init may take (online: reaching the server) before the job goes on without it

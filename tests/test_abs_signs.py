@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from safetensors.torch import load_file
 
-from superposition import metrics
+from superposition.analysis import metrics
 
 SMALL_ABS = [
     "task=abs",

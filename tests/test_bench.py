@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from superposition.config import Task
-from superposition.model import ModelSpec
+from superposition.tasks.model import ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench.py"

@@ -10,14 +10,24 @@ import math
 import pytest
 import torch
 
-from superposition import batches
-from superposition.batches import DenseSampler, SparseSampler, make_samplers, unpack
+from superposition.analysis.evaluate import evaluate_grid
 from superposition.config import DataConfig, Task, TrainConfig
-from superposition.data import EVAL_STREAM, BatchSampler, features_with_pairs, pair_features
-from superposition.evaluate import evaluate_grid
+from superposition.engine.fast import packed_batches as batches
+from superposition.engine.fast.packed_batches import (
+    DenseSampler,
+    SparseSampler,
+    make_samplers,
+    unpack,
+)
+from superposition.engine.train import train_grid
 from superposition.grid import sparsity_grid
-from superposition.model import ModelSpec, forward, loss_per_instance, target_of
-from superposition.train import train_grid
+from superposition.tasks.model import ModelSpec, forward, loss_per_instance, target_of
+from superposition.tasks.sampling import (
+    EVAL_STREAM,
+    BatchSampler,
+    features_with_pairs,
+    pair_features,
+)
 
 CPU = torch.device("cpu")
 N_FEATURES = 8  # pair 0 correlated (0, 1), pair 1 anticorrelated (2, 3), features 4..7 independent

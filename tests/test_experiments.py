@@ -12,10 +12,10 @@ import torch
 from conftest import CONF_DIR
 from wandb_offline import offline_runs, read_offline_run
 
+from superposition.analysis.verdicts import PRESETS, REPORT
 from superposition.job import run_job
-from superposition.outputs import read_tensors
 from superposition.run import to_config
-from superposition.verdicts import PRESETS, REPORT
+from superposition.store.files import read_tensors
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 TINY = [

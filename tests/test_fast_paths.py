@@ -10,12 +10,17 @@ import math
 import pytest
 import torch
 
-from superposition import batches
-from superposition.batches import DenseSampler, SparseSampler, make_samplers, unpack
 from superposition.config import Task, TrainConfig
-from superposition.gradients import Workspace, gram_pays, loss_and_gradients
-from superposition.model import ModelSpec, forward, init_params, loss_per_instance, target_of
-from superposition.train import ChunkRun
+from superposition.engine.fast import packed_batches as batches
+from superposition.engine.fast.gradients import Workspace, gram_pays, loss_and_gradients
+from superposition.engine.fast.packed_batches import (
+    DenseSampler,
+    SparseSampler,
+    make_samplers,
+    unpack,
+)
+from superposition.engine.train import ChunkRun
+from superposition.tasks.model import ModelSpec, forward, init_params, loss_per_instance, target_of
 
 SPECS = [
     ModelSpec(Task.identity, 5, 2),  # small enough for the Gram-matrix path (gram_pays)

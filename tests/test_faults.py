@@ -22,7 +22,7 @@ import torch
 from conftest import REPO, run_cli
 from safetensors.torch import load_file
 
-from superposition.checkpoint import state_digest
+from superposition.store.checkpoint import state_digest
 
 # issue 11's `S`: a small run that finishes in seconds
 SMALL = [

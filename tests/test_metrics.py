@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from superposition import metrics
+from superposition.analysis import metrics
 from superposition.config import Task
-from superposition.model import ModelSpec, forward
+from superposition.tasks.model import ModelSpec, forward
 
 
 def pentagon() -> torch.Tensor:
@@ -159,7 +159,7 @@ def test_computed_fraction_antipodal_pair_one_neuron_and_constant():
 
 
 def test_computed_fraction_equals_the_model_fed_one_feature_at_a_time():
-    """An independent computation: superposition.model.forward on x = ±m e_i."""
+    """An independent computation: superposition.tasks.model.forward on x = ±m e_i."""
     torch.manual_seed(0)
     n_features, d_hidden = 6, 4
     weights = {

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from superposition.config import InitScheme, LRSchedule, Optimizer, Task
-from superposition.model import (
+from superposition.engine.optim import InstanceAdam, learning_rate
+from superposition.tasks.model import (
     ModelSpec,
     forward,
     init_params,
@@ -14,7 +15,6 @@ from superposition.model import (
     loss_per_instance,
     target_of,
 )
-from superposition.optim import InstanceAdam, learning_rate
 
 
 def test_identity_forward_by_hand():

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from superposition import plot, plots
+from superposition.figures import __main__ as plot
+from superposition.figures import run_figures as plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +227,7 @@ def test_plot_cli_reports_a_missing_results_file(tmp_path, capsys):
 
 def test_plot_cli_exit_status_in_a_subprocess(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "superposition.plot", str(tmp_path / "nope")],
+        [sys.executable, "-m", "superposition.figures", str(tmp_path / "nope")],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -16,11 +16,16 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 
-from superposition.checkpoint import CHECKPOINT, Checkpointer, CheckpointError, TrainingInterrupted
 from superposition.config import Task, TrainConfig
+from superposition.engine.train import train_grid
 from superposition.grid import sparsity_grid
-from superposition.model import ModelSpec
-from superposition.train import train_grid
+from superposition.store.checkpoint import (
+    CHECKPOINT,
+    Checkpointer,
+    CheckpointError,
+    TrainingInterrupted,
+)
+from superposition.tasks.model import ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")

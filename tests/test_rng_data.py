@@ -7,7 +7,7 @@ import torch
 
 from superposition import rng
 from superposition.config import Task
-from superposition.data import BatchSampler, features_from_uniform
+from superposition.tasks.sampling import BatchSampler, features_from_uniform
 
 
 def test_tensor_hash_matches_the_python_reference():

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from wandb_offline import offline_runs, read_offline_run
 
 from superposition.config import WandbMode
-from superposition.outputs import HISTORY, RESULTS, WEIGHTS, read_results, read_tensors
+from superposition.store.files import HISTORY, RESULTS, WEIGHTS, read_results, read_tensors
 from superposition.track import (
     Tracker,
     artifact_name,

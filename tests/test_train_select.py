@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
+from superposition.analysis.evaluate import evaluate_grid
+from superposition.analysis.select import gather_best, select_best
 from superposition.config import Task, TrainConfig
-from superposition.device import plan_chunk_size
-from superposition.evaluate import evaluate_grid
+from superposition.engine.device import plan_chunk_size
+from superposition.engine.train import train_grid
 from superposition.grid import InstanceGrid, sparsity_grid
-from superposition.model import ModelSpec
-from superposition.select import gather_best, select_best
-from superposition.train import train_grid
+from superposition.tasks.model import ModelSpec
 
 CPU = torch.device("cpu")
 SPEC = ModelSpec(Task.identity, n_features=5, d_hidden=2)

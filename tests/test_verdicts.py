@@ -8,9 +8,9 @@ import matplotlib.image
 import pytest
 import torch
 
-from superposition import analysis, verdicts
-from superposition.phase_plot import SIZE, draw_phase_diagram
-from superposition.plots import DPI
+from superposition.analysis import geometry, verdicts
+from superposition.figures.phase_figure import SIZE, draw_phase_diagram
+from superposition.figures.run_figures import DPI
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -130,9 +130,9 @@ def test_nan_levels_are_skipped_and_reported():
 R_GRID = [0.1, 0.3, 1.0, 3.0, 10.0]
 P_GRID = [1.0, 0.3, 0.1, 0.03]
 PHASE_W = {
-    analysis.NOT_REPRESENTED: [[1.0, 0.0]],
-    analysis.DEDICATED: [[0.0, 1.0]],
-    analysis.SUPERPOSITION: [[1.0, -1.0]],
+    geometry.NOT_REPRESENTED: [[1.0, 0.0]],
+    geometry.DEDICATED: [[0.0, 1.0]],
+    geometry.SUPERPOSITION: [[1.0, -1.0]],
 }
 
 
@@ -140,13 +140,13 @@ def phase_run(
     wrong: set[tuple[float, float]] = frozenset(), nan_cells: set[tuple[float, float]] = frozenset()
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """2 -> 1 over R_GRID × P_GRID, every cell the analytic phase's W except the `wrong` cells,
-    which hold the next phase of analysis.PHASES."""
+    which hold the next phase of geometry.PHASES."""
     Ws, levels = [], []
     for r in R_GRID:
         for p in P_GRID:
-            phase = analysis.analytic_phase(r, p)
+            phase = geometry.analytic_phase(r, p)
             if (r, p) in wrong:
-                phase = analysis.PHASES[(analysis.PHASES.index(phase) + 1) % 3]
+                phase = geometry.PHASES[(geometry.PHASES.index(phase) + 1) % 3]
             Ws.append(torch.tensor(PHASE_W[phase]))
             levels.append((r, p))
     nan_levels = tuple(i for i, cell in enumerate(levels) if cell in nan_cells)
@@ -159,15 +159,15 @@ def phase_run(
 
 
 def clear_cells() -> list[tuple[float, float]]:
-    return [(r, p) for r in R_GRID for p in P_GRID if analysis.clear_of_boundary(r, p)]
+    return [(r, p) for r in R_GRID for p in P_GRID if geometry.clear_of_boundary(r, p)]
 
 
 def test_phase_grid_classifies_every_cell_and_matches_phase_agreement():
     results, weights = phase_run()
     grid = verdicts.phase_grid(results, weights)
-    expected = [[analysis.analytic_phase(r, p) for p in P_GRID] for r in R_GRID]
+    expected = [[geometry.analytic_phase(r, p) for p in P_GRID] for r in R_GRID]
     assert grid.classes == expected
-    assert verdicts.grid_agreement(grid) == analysis.phase_agreement(expected, R_GRID, P_GRID)
+    assert verdicts.grid_agreement(grid) == geometry.phase_agreement(expected, R_GRID, P_GRID)
 
 
 def test_analytic_phase_grid_passes():
@@ -258,8 +258,8 @@ def test_dimensionality_passes_on_digons_and_falling_curve():
 def test_dimensionality_fails_off_sticky_values_and_rising_curve():
     # three unit features at 0°, 40°, 80° in a plane: D is none of the sticky values
     odd = unit_vectors([0.0, 40.0, 80.0])
-    D = analysis.dimensionality_summary(odd).dimensionality
-    assert all(min(abs(d - v) for v in analysis.STICKY_VALUES) > 0.03 for d in D.tolist())
+    D = geometry.dimensionality_summary(odd).dimensionality
+    assert all(min(abs(d - v) for v in geometry.STICKY_VALUES) > 0.03 for d in D.tolist())
     dense = torch.eye(2, 3, dtype=torch.float64)  # sticky (D = 1), but not among the sparsest
     # d/feature 1, 2/3, then 1.04 (a rise of 0.375), then 2/3
     Ws = [dense, odd, odd * 0.8, odd]

@@ -41,8 +41,8 @@ from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
-from superposition import metrics
-from superposition.outputs import HISTORY, WEIGHTS, read_results, read_tensors, write_atomically
+from superposition.analysis import metrics
+from superposition.store.files import HISTORY, WEIGHTS, read_results, read_tensors, write_atomically
 
 PLOTS_DIR = "plots"
 DPI = 100
@@ -670,8 +670,10 @@ def loss_figure(run: RunData) -> Figure:
 
 def phase_diagram_figure(run: RunData) -> Figure:
     """The phase diagram of a relative-importance × probability sweep (phase_plot.py)."""
-    from superposition.phase_plot import phase_figure  # it builds on this module's helpers
-    from superposition.verdicts import phase_grid
+    from superposition.analysis.verdicts import phase_grid
+    from superposition.figures.phase_figure import (
+        phase_figure,  # it builds on this module's helpers
+    )
 
     return phase_figure(phase_grid(run.results, run.weights), run.results)
 

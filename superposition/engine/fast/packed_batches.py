@@ -33,7 +33,7 @@ from torch import Tensor
 
 from superposition import rng
 from superposition.config import Task
-from superposition.data import TRAIN_STREAM, check_pairs, pair_features
+from superposition.tasks.sampling import TRAIN_STREAM, check_pairs, pair_features
 
 GAP_STREAM = 4
 MAGNITUDE_STREAM = 5

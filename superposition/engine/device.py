@@ -8,10 +8,10 @@ import platform
 
 import torch
 
-from superposition.batches import is_sparse, sparse_capacities
 from superposition.config import ConfigError, Device
-from superposition.gradients import gram_pays
-from superposition.model import ModelSpec
+from superposition.engine.fast.gradients import gram_pays
+from superposition.engine.fast.packed_batches import is_sparse, sparse_capacities
+from superposition.tasks.model import ModelSpec
 
 BYTES_PER_FLOAT = 4
 # Buffers of batch size per instance that a training step keeps (batches.py, gradients.py): the

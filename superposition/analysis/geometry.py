@@ -64,8 +64,8 @@ from typing import Annotated, NamedTuple
 import torch
 from torch import Tensor
 
-from superposition import metrics
-from superposition.outputs import WEIGHTS, read_results, read_tensors
+from superposition.analysis import metrics
+from superposition.store.files import WEIGHTS, read_results, read_tensors
 
 POLYGON_TOLERANCE_DEG = 5.0
 ANTIPODAL_TOLERANCE_DEG = 10.0

@@ -7,20 +7,20 @@ and Report.summary() flattens it for the W&B summary. A level whose best_restart
 whose weights are not all finite, is skipped and named in the report's notes; a check that needs
 that very level fails and says why.
 
-The checks and their thresholds (the geometry, phase and neuron rules are analysis.py's):
+The checks and their thresholds (the geometry, phase and neuron rules are geometry.py's):
 - intro_pentagon (identity 5 -> 2, paper "Demonstrating superposition"): at the densest level
   exactly two features are represented, ORTHOGONAL_TOLERANCE_DEG of 90° apart; at every level
   with p <= PENTAGON_MAX_PROBABILITY all features are represented with every angle gap within
   PENTAGON_TOLERANCE_DEG of 360° / n (72° for n = 5).
 - phase_diagram (identity 2 -> 1 or 3 -> 2, paper "The phase change"): every cell is classified
-  (analysis.classify_cell); on the cells clear of the analytic boundaries the class must be the
+  (geometry.classify_cell); on the cells clear of the analytic boundaries the class must be the
   analytic phase on at least PHASE_AGREEMENT_MIN of them, and there must be at least
   PHASE_MIN_CELLS such cells.
 - dimensionality (identity 200 -> 20, paper "Feature dimensionality"): over the levels in
   superposition (all but the densest) whose d_hidden / ‖W‖_F² is at least 3/8 less
-  analysis.STICKY_TOLERANCE (at least
+  geometry.STICKY_TOLERANCE (at least
   STICKY_MIN_LEVELS of them), at least STICKY_SHARE_MIN of the represented features have a
-  dimensionality near a sticky value (analysis.sticky_fractions); d_hidden / ‖W‖_F² is lower at
+  dimensionality near a sticky value (geometry.sticky_fractions); d_hidden / ‖W‖_F² is lower at
   the sparsest level than at the densest and, from level to level in order of falling p, never
   rises by more than DIMENSIONS_RISE_TOLERANCE.
 - privileged_basis (identity with hidden ReLU 10 -> 5): monosemantic fraction (from each level's
@@ -29,17 +29,17 @@ The checks and their thresholds (the geometry, phase and neuron rules are analys
   densest level and at most NEURON_SPARSE_MAX at the sparsest; at every level with
   p >= NEURON_SIGNS_MIN_P the NEURON_TOP_FEATURES most important features are computed for both
   signs of x (metrics.computed_fraction); at every level with NEURON_LOSS_MIN_P <= p < 1 the kept
-  loss is at most NEURON_LOSS_SHARE_MAX of a constant model's (analysis.abs_constant_loss). The
-  notes give the kept loss over analysis.abs_no_superposition_loss.
+  loss is at most NEURON_LOSS_SHARE_MAX of a constant model's (geometry.abs_constant_loss). The
+  notes give the kept loss over geometry.abs_no_superposition_loss.
 - antipodal_neurons (abs 20 -> 10): at every level at least ANTIPODAL_MIN_FEATURES features are
-  computed by an antipodal neuron pair (analysis.antipodal_neuron_pairs).
+  computed by an antipodal neuron pair (geometry.antipodal_neuron_pairs).
 - asymmetric_motif (abs 10 -> 10): at every level at least ASYMMETRIC_MIN_NEURONS neurons show
-  asymmetric superposition (analysis.asymmetric_neurons).
+  asymmetric superposition (geometry.asymmetric_neurons).
 - correlated / anticorrelated (identity, results["data"]): pairs are features (0, 1), (2, 3), ...;
   the correlated_pairs correlated ones come first, the anticorrelated ones follow. At every level
   each pair of the preset's kind whose two features are both represented must be orthogonal
   (correlated) or antipodal (anticorrelated), and at least one such pair must be; in a 2-D
-  hidden space by angle (analysis.ORTHOGONAL_TOLERANCE_DEG / ANTIPODAL_TOLERANCE_DEG), in more
+  hidden space by angle (geometry.ORTHOGONAL_TOLERANCE_DEG / ANTIPODAL_TOLERANCE_DEG), in more
   dimensions by cosine (|cos| < ORTHOGONAL_MAX_ABS_COS; cos < ANTIPODAL_MAX_COS).
 """
 
@@ -55,15 +55,15 @@ from typing import Annotated, NamedTuple
 import torch
 from torch import Tensor
 
-from superposition import analysis, metrics
-from superposition.outputs import write_atomically
+from superposition.analysis import geometry, metrics
+from superposition.store.files import write_atomically
 
 REPORT = "report.md"
 
 # the paper's intro figure shows the pentagon from 90% sparsity on
 PENTAGON_MAX_PROBABILITY = 0.1
 # a trained pentagon is slightly irregular (importances differ by 0.9^i): a little above
-# analysis.POLYGON_TOLERANCE_DEG
+# geometry.POLYGON_TOLERANCE_DEG
 PENTAGON_TOLERANCE_DEG = 6.0
 
 # the paper's diagram matches theory away from the boundaries, not cell for cell
@@ -89,9 +89,9 @@ NEURON_SPARSE_MAX = 0.2
 # |x| = ReLU(x) + ReLU(-x): the important features must be computed for both signs of x. The
 # course loop's own models (5000 steps) do so for all of their 10 most important features at
 # every p >= 0.03 (every restart, seeds 0-2); sparser, neither trainer gets there in that budget
-NEURON_TOP_FEATURES = 10  # analysis.important_feature_count(40)
+NEURON_TOP_FEATURES = 10  # geometry.important_feature_count(40)
 NEURON_SIGNS_MIN_P = 0.03
-# the kept loss over a constant model's (analysis.abs_constant_loss): a feature computed for one
+# the kept loss over a constant model's (geometry.abs_constant_loss): a feature computed for one
 # sign only keeps half of its loss, so a model in that minimum sits at 0.4-0.55; the course
 # loop's models are at 0.01-0.04 for 0.01 <= p <= 0.3 (at p = 1 nothing is in superposition,
 # and at p <= 0.003 the 5000 steps do not suffice for either trainer)
@@ -258,26 +258,26 @@ def _no_level(name: str, expected: str, what: str) -> Check:
 
 def _dense_orthogonal_pair(level: Level) -> Check:
     name = "dense_orthogonal_pair"
-    tolerance = analysis.ORTHOGONAL_TOLERANCE_DEG
+    tolerance = geometry.ORTHOGONAL_TOLERANCE_DEG
     expected = f"{level.label}: exactly 2 features represented, 90° ± {tolerance:g}° apart"
     if level.skipped:
         return _skipped_check(name, expected, level)
     kept = _represented(level.W)
     if len(kept) != 2:
         return Check(name, expected, f"{level.label}: {len(kept)} features represented", False)
-    angle = analysis.pair_angle(level.W, *kept)
+    angle = geometry.pair_angle(level.W, *kept)
     measured = f"{level.label}: features {kept[0]} and {kept[1]} represented, {angle:.1f}° apart"
     return Check(name, expected, measured, abs(angle - 90) <= tolerance, value=angle)
 
 
-def _polygon_text(level: Level, polygon: analysis.Polygon) -> str:
+def _polygon_text(level: Level, polygon: geometry.Polygon) -> str:
     if polygon.n_represented == 0:
         return f"{level.label}: 0 represented"
     gaps = f"{polygon.min_gap_deg:.1f}–{polygon.max_gap_deg:.1f}°"
     return f"{level.label}: {polygon.n_represented} represented, gaps {gaps}"
 
 
-def _worst_gap_error(polygons: Sequence[analysis.Polygon], target_deg: float) -> float | None:
+def _worst_gap_error(polygons: Sequence[geometry.Polygon], target_deg: float) -> float | None:
     errors = [
         max(abs(pg.min_gap_deg - target_deg), abs(pg.max_gap_deg - target_deg))
         for pg in polygons
@@ -296,7 +296,7 @@ def _sparse_polygon(levels: Sequence[Level], n_features: int) -> Check:
     sparse = [lv for lv in _kept(levels) if lv.p <= PENTAGON_MAX_PROBABILITY]
     if not sparse:
         return _no_level(name, expected, f"with p ≤ {PENTAGON_MAX_PROBABILITY:g}")
-    polygons = [analysis.regular_polygon(lv.W, PENTAGON_TOLERANCE_DEG) for lv in sparse]
+    polygons = [geometry.regular_polygon(lv.W, PENTAGON_TOLERANCE_DEG) for lv in sparse]
     passed = all(pg.is_regular and pg.n_represented == n_features for pg in polygons)
     measured = "; ".join(_polygon_text(lv, pg) for lv, pg in zip(sparse, polygons, strict=True))
     return Check(name, expected, measured, passed, value=_worst_gap_error(polygons, target))
@@ -338,7 +338,7 @@ def _phase_grid(results: dict, levels: Sequence[Level]) -> PhaseGrid:
     r_values, p_values = _phase_axes(results)
     classes = [
         [
-            None if lv.skipped else analysis.classify_cell(lv.W)
+            None if lv.skipped else geometry.classify_cell(lv.W)
             for lv in levels[a * len(p_values) : (a + 1) * len(p_values)]
         ]
         for a in range(len(r_values))
@@ -351,18 +351,18 @@ def phase_grid(results: dict, weights: dict[str, Tensor]) -> PhaseGrid:
     return _phase_grid(results, levels_of(results, weights))
 
 
-def grid_agreement(grid: PhaseGrid, margin: float = analysis.PHASE_MARGIN) -> analysis.Agreement:
-    """analysis.phase_agreement over the cells that were not skipped."""
+def grid_agreement(grid: PhaseGrid, margin: float = geometry.PHASE_MARGIN) -> geometry.Agreement:
+    """geometry.phase_agreement over the cells that were not skipped."""
     agree = considered = 0
     for r, row in zip(grid.r_values, grid.classes, strict=True):
         for s, cls in zip(grid.p_values, row, strict=True):
-            if cls is not None and analysis.clear_of_boundary(r, s, margin):
+            if cls is not None and geometry.clear_of_boundary(r, s, margin):
                 considered += 1
-                agree += cls == analysis.analytic_phase(r, s)
-    return analysis.Agreement(agree / considered if considered else None, considered)
+                agree += cls == geometry.analytic_phase(r, s)
+    return geometry.Agreement(agree / considered if considered else None, considered)
 
 
-def _agreement_check(agreement: analysis.Agreement) -> Check:
+def _agreement_check(agreement: geometry.Agreement) -> Check:
     name = "phase_agreement"
     expected = (
         f"class = analytic phase on ≥ {PHASE_AGREEMENT_MIN:.0%} of the cells clear of the "
@@ -377,20 +377,20 @@ def _agreement_check(agreement: analysis.Agreement) -> Check:
 
 
 _PHASE_LETTER = {
-    analysis.NOT_REPRESENTED: "N",
-    analysis.DEDICATED: "D",
-    analysis.SUPERPOSITION: "S",
+    geometry.NOT_REPRESENTED: "N",
+    geometry.DEDICATED: "D",
+    geometry.SUPERPOSITION: "S",
 }
 
 
 def _phase_notes(grid: PhaseGrid) -> list[str]:
     cells = [cls for row in grid.classes for cls in row if cls is not None]
-    counts = ", ".join(f"{phase} {cells.count(phase)}" for phase in analysis.PHASES)
+    counts = ", ".join(f"{phase} {cells.count(phase)}" for phase in geometry.PHASES)
     p_axis = " ".join(f"{p:g}" for p in grid.p_values)
     notes = [f"cells by class: {counts}", f"rows by r, columns p = {p_axis} (N/D/S, · skipped):"]
     for r, row in zip(grid.r_values, grid.classes, strict=True):
         found = " ".join("·" if cls is None else _PHASE_LETTER[cls] for cls in row)
-        theory = " ".join(_PHASE_LETTER[analysis.analytic_phase(r, p)] for p in grid.p_values)
+        theory = " ".join(_PHASE_LETTER[geometry.analytic_phase(r, p)] for p in grid.p_values)
         notes.append(f"r = {r:g}: `{found}` (analytic `{theory}`)")
     return notes
 
@@ -409,7 +409,7 @@ def _judge_phase_diagram(results: dict, levels: list[Level]) -> tuple[list[Check
 def _represented_dimensionality(
     W: Annotated[Tensor, "hidden feature"],
 ) -> Annotated[Tensor, "represented"]:
-    summary = analysis.dimensionality_summary(W)
+    summary = geometry.dimensionality_summary(W)
     return summary.dimensionality[summary.represented]
 
 
@@ -433,7 +433,7 @@ def _sticky_range_levels(levels: Sequence[Level]) -> list[Level]:
     the sticky values' range: below it (the sparsest levels) features take fractions smaller than
     the smallest sticky value, 3/8, and the paper's plot shows no plateaus there."""
     ordered = sorted(_kept(levels), key=lambda lv: -lv.p)[1:]
-    floor = min(analysis.STICKY_VALUES) - analysis.STICKY_TOLERANCE
+    floor = min(geometry.STICKY_VALUES) - geometry.STICKY_TOLERANCE
     return [lv for lv in ordered if (_dimensions_per_feature(lv.W) or 0.0) >= floor]
 
 
@@ -441,8 +441,8 @@ def _sticky_in_superposition(levels: Sequence[Level]) -> Check:
     name = "sticky_in_superposition"
     expected = (
         f"≥ {STICKY_SHARE_MIN:.0%} of the represented features of the levels in superposition "
-        f"with d_hidden / ‖W‖_F² ≥ 3/8 − {analysis.STICKY_TOLERANCE:g} within "
-        f"{analysis.STICKY_TOLERANCE:g} of a sticky value, "
+        f"with d_hidden / ‖W‖_F² ≥ 3/8 − {geometry.STICKY_TOLERANCE:g} within "
+        f"{geometry.STICKY_TOLERANCE:g} of a sticky value, "
         f"over ≥ {STICKY_MIN_LEVELS} levels"
     )
     pooled = _sticky_range_levels(levels)
@@ -452,7 +452,7 @@ def _sticky_in_superposition(levels: Sequence[Level]) -> Check:
     labels = ", ".join(f"{lv.p:g}" for lv in pooled)
     if D.numel() == 0:
         return Check(name, expected, f"p = {labels}: no feature represented", False)
-    shares = analysis.sticky_fractions(D)
+    shares = geometry.sticky_fractions(D)
     total = sum(shares.values())
     measured = f"p = {labels}: {total:.0%} of {D.numel()} features sticky ({_shares_text(shares)})"
     return Check(name, expected, measured, total >= STICKY_SHARE_MIN, value=total)
@@ -487,7 +487,7 @@ def _dimensionality_note(level: Level) -> str:
     D = _represented_dimensionality(level.W)
     per_feature = _dimensions_per_feature(level.W)
     per_text = "–" if per_feature is None else f"{per_feature:.3f}"
-    shares = _shares_text(analysis.sticky_fractions(D))
+    shares = _shares_text(geometry.sticky_fractions(D))
     return f"{level.label}: {D.numel()} represented, d/feature {per_text}; sticky shares {shares}"
 
 
@@ -545,7 +545,7 @@ def _judge_privileged_basis(results: dict, levels: list[Level]) -> tuple[list[Ch
 def _one_sign_top(level: Level, top: int) -> list[int]:
     """Of the `top` most important features, those not computed for both signs of x."""
     computed = metrics.computed_fraction(level.params) >= metrics.COMPUTED_SHARE
-    important = analysis.important_features(level.importance, top)
+    important = geometry.important_features(level.importance, top)
     return [i for i in important if not bool(computed[:, i].all())]
 
 
@@ -573,7 +573,7 @@ def loss_over_constant(level: Level) -> float | None:
     """The kept loss over the loss of a model that outputs the constant E|x_i| for every feature."""
     if level.skipped or level.eval_loss is None or not level.importance:
         return None
-    return level.eval_loss / analysis.abs_constant_loss(level.importance, level.p)
+    return level.eval_loss / geometry.abs_constant_loss(level.importance, level.p)
 
 
 def _loss_check(levels: Sequence[Level]) -> Check:
@@ -599,7 +599,7 @@ def _baselines_note(levels: Sequence[Level], d_hidden: int) -> str:
     for lv in _kept(levels):
         if lv.eval_loss is None or not lv.importance:
             continue
-        floor = analysis.abs_no_superposition_loss(lv.importance, lv.p, d_hidden)
+        floor = geometry.abs_no_superposition_loss(lv.importance, lv.p, d_hidden)
         parts.append(f"{lv.label}: {lv.eval_loss / floor:.2g}" if floor > 0 else f"{lv.label}: –")
     return (
         "kept loss over the best loss without superposition (d_hidden / 2 features by antipodal "
@@ -643,7 +643,7 @@ def _judge_antipodal_neurons(results: dict, levels: list[Level]) -> tuple[list[C
     if not kept:
         return [_no_level(name, expected, "with W1 and W2")], []
     found = [
-        torch.nonzero(analysis.antipodal_neuron_pairs(lv.W, lv.W2)).flatten().tolist()
+        torch.nonzero(geometry.antipodal_neuron_pairs(lv.W, lv.W2)).flatten().tolist()
         for lv in kept
     ]
     counts = [len(features) for features in found]
@@ -661,12 +661,12 @@ def _judge_asymmetric_motif(results: dict, levels: list[Level]) -> tuple[list[Ch
     name = "asymmetric_neurons"
     expected = (
         f"at every level ≥ {ASYMMETRIC_MIN_NEURONS} neuron reading two features, one "
-        f"≥ {analysis.ASYMMETRIC_RATIO:g} × the other"
+        f"≥ {geometry.ASYMMETRIC_RATIO:g} × the other"
     )
     kept = _kept(levels)
     if not kept:
         return [_no_level(name, expected, "")], []
-    found = [analysis.asymmetric_neurons(lv.W) for lv in kept]
+    found = [geometry.asymmetric_neurons(lv.W) for lv in kept]
     measured = "; ".join(
         f"{lv.label}: {len(motifs)} ({', '.join(map(_motif_text, motifs)) or 'none'})"
         for lv, motifs in zip(kept, found, strict=True)
@@ -693,13 +693,13 @@ def _pair_relation(
 ) -> tuple[str, bool]:
     """(text, holds) for the placement of features i and j: by angle in a plane, else cosine."""
     if W.shape[0] == 2:
-        angle = analysis.pair_angle(W, i, j)
+        angle = geometry.pair_angle(W, i, j)
         if relation == ORTHOGONAL:
-            holds = abs(angle - 90) <= analysis.ORTHOGONAL_TOLERANCE_DEG
+            holds = abs(angle - 90) <= geometry.ORTHOGONAL_TOLERANCE_DEG
         else:
-            holds = abs(angle - 180) <= analysis.ANTIPODAL_TOLERANCE_DEG
+            holds = abs(angle - 180) <= geometry.ANTIPODAL_TOLERANCE_DEG
         return f"({i}, {j}) {angle:.1f}°", holds
-    cos = math.cos(math.radians(analysis.pair_angle(W, i, j)))
+    cos = math.cos(math.radians(geometry.pair_angle(W, i, j)))
     holds = abs(cos) < ORTHOGONAL_MAX_ABS_COS if relation == ORTHOGONAL else cos < ANTIPODAL_MAX_COS
     return f"({i}, {j}) cos {cos:+.2f}", holds
 
@@ -724,9 +724,9 @@ def _pairs_at_level(
 
 def _expected_relation(relation: str, plane: bool) -> str:
     if plane and relation == ORTHOGONAL:
-        return f"90° ± {analysis.ORTHOGONAL_TOLERANCE_DEG:g}°"
+        return f"90° ± {geometry.ORTHOGONAL_TOLERANCE_DEG:g}°"
     if plane:
-        return f"180° ± {analysis.ANTIPODAL_TOLERANCE_DEG:g}°"
+        return f"180° ± {geometry.ANTIPODAL_TOLERANCE_DEG:g}°"
     if relation == ORTHOGONAL:
         return f"|cos| < {ORTHOGONAL_MAX_ABS_COS:g}"
     return f"cos < {ANTIPODAL_MAX_COS:g}"

@@ -11,14 +11,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from superposition.batches import DenseSampler, SparseSampler, make_samplers
-from superposition.checkpoint import Checkpointer, CheckpointError, StopSignals
 from superposition.config import DataConfig, TrainConfig
-from superposition.device import plan_chunk_size, release_freed_memory
-from superposition.gradients import Workspace, loss_and_gradients
+from superposition.engine.device import plan_chunk_size, release_freed_memory
+from superposition.engine.fast.gradients import Workspace, loss_and_gradients
+from superposition.engine.fast.packed_batches import DenseSampler, SparseSampler, make_samplers
+from superposition.engine.optim import InstanceAdam, learning_rate
 from superposition.grid import InstanceGrid
-from superposition.model import ModelSpec, init_params
-from superposition.optim import InstanceAdam, learning_rate
+from superposition.store.checkpoint import Checkpointer, CheckpointError, StopSignals
+from superposition.tasks.model import ModelSpec, init_params
 
 
 @dataclass

@@ -22,19 +22,20 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from torch import Tensor
 
-from superposition import analysis, plots
-from superposition.verdicts import PhaseGrid, grid_agreement, phase_grid
+from superposition.analysis import geometry
+from superposition.analysis.verdicts import PhaseGrid, grid_agreement, phase_grid
+from superposition.figures import run_figures as plots
 
 SIZE = (7.0, 5.0)  # inches, multiples of 1/4 like plots.py's
 PHASE_COLORS = {
-    analysis.NOT_REPRESENTED: "#d9d9d9",
-    analysis.DEDICATED: "#4c72b0",
-    analysis.SUPERPOSITION: "#dd8452",
+    geometry.NOT_REPRESENTED: "#d9d9d9",
+    geometry.DEDICATED: "#4c72b0",
+    geometry.SUPERPOSITION: "#dd8452",
 }
 PHASE_LABELS = {
-    analysis.NOT_REPRESENTED: "extra feature not represented",
-    analysis.DEDICATED: "dedicated dimension",
-    analysis.SUPERPOSITION: "superposition",
+    geometry.NOT_REPRESENTED: "extra feature not represented",
+    geometry.DEDICATED: "dedicated dimension",
+    geometry.SUPERPOSITION: "superposition",
 }
 BOUNDARY_POINTS = 200
 
@@ -51,13 +52,13 @@ def _log_edges(values: list[float]) -> Annotated[np.ndarray, "cell+1"]:
 
 def _class_codes(grid: PhaseGrid) -> Annotated[np.ma.MaskedArray, "r p"]:
     """Rows by increasing r, columns by increasing p: the index of the class in
-    analysis.PHASES, masked where the cell was skipped."""
+    geometry.PHASES, masked where the cell was skipped."""
     r_order, p_order = np.argsort(grid.r_values), np.argsort(grid.p_values)
     codes = np.full((len(r_order), len(p_order)), -1)
     for i, a in enumerate(r_order):
         for j, b in enumerate(p_order):
             cls = grid.classes[a][b]
-            codes[i, j] = -1 if cls is None else analysis.PHASES.index(cls)
+            codes[i, j] = -1 if cls is None else geometry.PHASES.index(cls)
     return np.ma.masked_less(codes, 0)
 
 
@@ -66,8 +67,8 @@ def _disagreements(grid: PhaseGrid) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for r, row in zip(grid.r_values, grid.classes, strict=True):
         for p, cls in zip(grid.p_values, row, strict=True):
-            clear = analysis.clear_of_boundary(r, p)
-            if cls is not None and clear and cls != analysis.analytic_phase(r, p):
+            clear = geometry.clear_of_boundary(r, p)
+            if cls is not None and clear and cls != geometry.analytic_phase(r, p):
                 xs.append(p)
                 ys.append(r)
     return xs, ys
@@ -75,10 +76,10 @@ def _disagreements(grid: PhaseGrid) -> tuple[list[float], list[float]]:
 
 def _draw_boundaries(ax, r_edges: np.ndarray, p_edges: np.ndarray) -> None:
     r = np.geomspace(r_edges[0], r_edges[-1], BOUNDARY_POINTS)
-    s = np.array([analysis.phase_boundary(float(v)) for v in r])
+    s = np.array([geometry.phase_boundary(float(v)) for v in r])
     ax.plot(s, r, color="black", linewidth=1.5)
     if r_edges[0] < 1 < r_edges[-1]:
-        ax.plot([analysis.phase_boundary(1.0), p_edges[-1]], [1, 1], color="black", linewidth=1.5)
+        ax.plot([geometry.phase_boundary(1.0), p_edges[-1]], [1, 1], color="black", linewidth=1.5)
 
 
 def _title(grid: PhaseGrid, results: dict) -> str:
@@ -95,10 +96,10 @@ def phase_figure(grid: PhaseGrid, results: dict) -> Figure:
     ax = plots._axes_grid(fig, 1, 1, margins)[0, 0]
     p_edges = _log_edges(sorted(grid.p_values))
     r_edges = _log_edges(sorted(grid.r_values))
-    colors = [PHASE_COLORS[phase] for phase in analysis.PHASES]
+    colors = [PHASE_COLORS[phase] for phase in geometry.PHASES]
     cmap = ListedColormap(colors).with_extremes(bad=(1.0, 1.0, 1.0, 0.0))
     codes = _class_codes(grid)
-    ax.pcolormesh(p_edges, r_edges, codes, cmap=cmap, vmin=-0.5, vmax=len(analysis.PHASES) - 0.5)
+    ax.pcolormesh(p_edges, r_edges, codes, cmap=cmap, vmin=-0.5, vmax=len(geometry.PHASES) - 0.5)
     _draw_boundaries(ax, r_edges, p_edges)
     xs, ys = _disagreements(grid)
     ax.scatter(xs, ys, marker="x", color="black", s=30, linewidths=1.0, zorder=3)

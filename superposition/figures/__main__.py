@@ -1,4 +1,4 @@
-"""Redraw the figures of a finished run without training: `python -m superposition.plot OUTPUT_DIR`.
+"""Redraw the figures of a finished run: `python -m superposition.figures OUTPUT_DIR`.
 
 Reads results.json and weights.safetensors (and history.safetensors when present) from OUTPUT_DIR,
 writes OUTPUT_DIR/plots/*.png and prints their paths. A directory that is not a finished run is
@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from superposition.outputs import RESULTS, WEIGHTS
-from superposition.plots import draw_all
+from superposition.figures.run_figures import draw_all
+from superposition.store.files import RESULTS, WEIGHTS
 
 EXPECTED = f"the output directory of a finished run, holding {RESULTS} and {WEIGHTS}"
 
@@ -36,7 +36,7 @@ def check_run_dir(out_dir: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m superposition.plot",
+        prog="python -m superposition.figures",
         description="Redraw the figures of a finished run into OUTPUT_DIR/plots/.",
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path)

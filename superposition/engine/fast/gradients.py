@@ -27,9 +27,9 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from superposition.batches import Batch
 from superposition.config import Task
-from superposition.model import ModelSpec
+from superposition.engine.fast.packed_batches import Batch
+from superposition.tasks.model import ModelSpec
 
 
 class Workspace:

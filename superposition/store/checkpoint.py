@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from superposition.config import ConfigError
-from superposition.outputs import write_atomically
+from superposition.store.files import write_atomically
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from superposition.config import DataConfig
-from superposition.data import EVAL_STREAM, BatchSampler
 from superposition.grid import InstanceGrid
-from superposition.model import ModelSpec, forward, loss_per_instance, target_of
+from superposition.tasks.model import ModelSpec, forward, loss_per_instance, target_of
+from superposition.tasks.sampling import EVAL_STREAM, BatchSampler
 
 # rows × instances × features evaluated at once; instances are split so that a pass has at least
 # MIN_ROWS_PER_PASS rows

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from superposition.config import ConfigError
-from superposition.outputs import DISK_FULL_ERRNOS, HISTORY, RESULTS, WEIGHTS
+from superposition.store.files import DISK_FULL_ERRNOS, HISTORY, RESULTS, WEIGHTS
 
 LOCK = ".lock"
 # refuse to start with less free space than this where the run writes
