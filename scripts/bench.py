@@ -19,6 +19,9 @@ final parameters of every timed run are scored on the same held-out batch
 (analysis.evaluate.evaluate_grid), so a speed-up that learns less can be seen. A last section
 trains W1 at 448 and 4,480 instances under TrainConfig(memory_budget_mb=...) and reports the peak
 next to the budget (the trainer chunks the instance axis to stay under it).
+
+The package is imported as installed (pip install -e .); scripts/course_check.py imports
+ReferenceToyModel from here.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import resource
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,16 +50,16 @@ from einops import einsum, reduce
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from superposition.analysis.evaluate import evaluate_grid
+from superposition.analysis.select import select_best
+from superposition.config import ConfigError, Device, TrainConfig
+from superposition.engine.device import bytes_per_instance, resolve_device
+from superposition.engine.train import TrainResult, history_steps, train_grid
+from superposition.grid import InstanceGrid, sparsity_grid
+from superposition.tasks.model import InitScale, ModelSpec, init_scales
 
-from superposition.analysis.evaluate import evaluate_grid  # noqa: E402
-from superposition.config import ConfigError, Device, Task, TrainConfig  # noqa: E402
-from superposition.engine.device import bytes_per_instance, resolve_device  # noqa: E402
-from superposition.engine.train import train_grid  # noqa: E402
-from superposition.grid import InstanceGrid, sparsity_grid  # noqa: E402
-from superposition.tasks.model import ModelSpec, init_scales  # noqa: E402
+# The tasks by name, as ModelSpec(task=...) takes them: plain strings (the only place that knows)
+IDENTITY, ABS = "identity", "abs"
 
 SIDES = ("reference", "project")
 LOG_EVERY = 50
@@ -86,7 +89,7 @@ FEATURE_PROBABILITY = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 @dataclass(frozen=True)
 class Workload:
     name: str
-    task: Task
+    task: str  # IDENTITY or ABS
     n_features: int
     d_hidden: int
     feature_probability: tuple[float, ...]
@@ -95,12 +98,8 @@ class Workload:
     target: float  # the speed-up over the reference that issue 5 asks for
 
     @property
-    def n_instances(self) -> int:
-        return len(self.feature_probability) * self.restarts
-
-    @property
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.task, self.n_features, self.d_hidden)
+        return ModelSpec(task=self.task, n_features=self.n_features, d_hidden=self.d_hidden)
 
     @property
     def grid(self) -> InstanceGrid:
@@ -109,20 +108,21 @@ class Workload:
         )
 
     @property
-    def macs_per_row(self) -> int:
-        return 2 * self.n_features * self.d_hidden
+    def n_instances(self) -> int:
+        return self.grid.n_instances
 
     def flops_per_step(self, batch_size: int) -> float:
-        return 3 * 2 * batch_size * self.n_instances * self.macs_per_row
+        macs_per_row = 2 * self.n_features * self.d_hidden  # x -> hidden, hidden -> out
+        return 3 * 2 * batch_size * self.n_instances * macs_per_row
 
     def describe(self) -> str:
-        return f"{self.task.value} {self.n_features}->{self.d_hidden} x{self.n_instances}"
+        return f"{self.task} {self.n_features}->{self.d_hidden} x{self.n_instances}"
 
 
 WORKLOADS = (
-    Workload("W1", Task.identity, 5, 2, FEATURE_PROBABILITY, 64, 0.9, 3.0),
-    Workload("W2", Task.abs, 100, 40, FEATURE_PROBABILITY, 4, 0.8, 2.0),
-    Workload("W3", Task.identity, 200, 20, (0.01, 0.003, 0.001, 0.0003), 4, 1.0, 10.0),
+    Workload("W1", IDENTITY, 5, 2, FEATURE_PROBABILITY, 64, 0.9, 3.0),
+    Workload("W2", ABS, 100, 40, FEATURE_PROBABILITY, 4, 0.8, 2.0),
+    Workload("W3", IDENTITY, 200, 20, (0.01, 0.003, 0.001, 0.0003), 4, 1.0, 10.0),
 )
 # --tiny: the same shapes with fewer restarts, for smoke tests
 TINY_RESTARTS = {"W1": 2, "W2": 1, "W3": 1}
@@ -153,14 +153,21 @@ def constant_lr(step: int, steps: int) -> float:
     return 1.0
 
 
+def course_init(init: InitScale, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """A stacked weight drawn with torch.randn / torch.rand, as the course's initialisers draw."""
+    if init.distribution == "normal":
+        return init.scale * torch.randn(shape, device=device)
+    return init.scale * (2 * torch.rand(shape, device=device) - 1)
+
+
 class ReferenceToyModel(nn.Module):
     """The course's ToyModel (identity) and NeuronComputationModel (abs), instances stacked first.
 
-    Activations are (batch, instance, feature), as in the course. The initial weights are drawn
-    with torch.rand / torch.randn at the scale tasks.model.init_scales gives for `spec`
-    (the course's effective scale for abs by default: its kaiming_uniform_ on the stacked tensor
-    reads the fan-in as d_hidden · n_features), so both sides start from the same distribution and
-    the held-out losses compare training, not initialisation.
+    Activations are (batch, instance, feature), as in the course. The weights are named and shaped
+    as spec.param_shapes() says and start at the scale tasks.model.init_scales gives for `spec`
+    (for abs by default the course's own: its kaiming_uniform_ on the stacked tensor reads the
+    fan-in as d_hidden · n_features), so both sides start from the same distribution and the
+    held-out losses compare training, not initialisation.
     """
 
     def __init__(
@@ -171,27 +178,23 @@ class ReferenceToyModel(nn.Module):
         device: torch.device,
     ):
         super().__init__()
-        n_inst, n_features = feature_probability.shape[0], spec.n_features
-        self.task, self.n_inst, self.n_features = spec.task, n_inst, n_features
+        self.spec, self.n_inst = spec, feature_probability.shape[0]
+        shape = (self.n_inst, spec.n_features)
         self.feature_probability = (
-            feature_probability.float().to(device).unsqueeze(-1).broadcast_to(n_inst, n_features)
+            feature_probability.float().to(device).unsqueeze(-1).broadcast_to(shape)
         )
-        self.importance = importance.float().to(device).broadcast_to(n_inst, n_features)
-        shapes = spec.param_shapes()
+        self.importance = importance.float().to(device).broadcast_to(shape)
+        param_shapes = spec.param_shapes()
         for name, init in init_scales(spec).items():
-            shape = (n_inst, *shapes[name])
-            if init.distribution == "normal":
-                weight = init.scale * torch.randn(shape, device=device)
-            else:
-                weight = init.scale * (2 * torch.rand(shape, device=device) - 1)
+            weight = course_init(init, (self.n_inst, *param_shapes[name]), device)
             setattr(self, name, nn.Parameter(weight))
-        self.b_final = nn.Parameter(torch.zeros(n_inst, n_features, device=device))
+        self.b_final = nn.Parameter(torch.zeros(shape, device=device))
         self.loss_log: list[float] = []
 
     def forward(
         self, features: Annotated[Tensor, "batch instance feature"]
     ) -> Annotated[Tensor, "batch instance feature"]:
-        if self.task == Task.identity:
+        if self.spec.task == IDENTITY:
             h = einsum(features, self.W, "... inst feats, inst hidden feats -> ... inst hidden")
             out = einsum(h, self.W, "... inst hidden, inst hidden feats -> ... inst feats")
         else:
@@ -202,10 +205,10 @@ class ReferenceToyModel(nn.Module):
         return torch.relu(out + self.b_final)
 
     def generate_batch(self, batch_size: int) -> Annotated[Tensor, "batch instance feature"]:
-        shape = (batch_size, self.n_inst, self.n_features)
+        shape = (batch_size, *self.feature_probability.shape)
         device = self.b_final.device
         feat_mag = torch.rand(shape, device=device)
-        if self.task == Task.abs:
+        if self.spec.task == ABS:
             feat_mag = 2 * feat_mag - 1
         feat_seeds = torch.rand(shape, device=device)
         return torch.where(feat_seeds < self.feature_probability, feat_mag, 0.0)
@@ -215,7 +218,7 @@ class ReferenceToyModel(nn.Module):
         out: Annotated[Tensor, "batch instance feature"],
         batch: Annotated[Tensor, "batch instance feature"],
     ) -> Tensor:
-        target = batch.abs() if self.task == Task.abs else batch
+        target = batch.abs() if self.spec.task == ABS else batch
         error = self.importance * ((target - out) ** 2)
         return reduce(error, "batch inst feats -> inst", "mean").sum()
 
@@ -227,7 +230,9 @@ class ReferenceToyModel(nn.Module):
         lr: float = 1e-3,
         lr_scale: Callable[[int, int], float] = constant_lr,
     ) -> None:
+        """The course's loop; the loss is read at the steps the project records it at."""
         optimizer = torch.optim.Adam(list(self.parameters()), lr=lr)
+        logged = set(history_steps(steps, log_freq))
         progress_bar = tqdm(range(steps))
         for step in progress_bar:
             step_lr = lr * lr_scale(step, steps)
@@ -239,7 +244,7 @@ class ReferenceToyModel(nn.Module):
             loss = self.calculate_loss(out, batch)
             loss.backward()
             optimizer.step()
-            if step % log_freq == 0 or step + 1 == steps:
+            if step in logged:
                 self.loss_log.append(loss.item() / self.n_inst)
                 progress_bar.set_postfix(loss=self.loss_log[-1], lr=step_lr)
 
@@ -254,10 +259,7 @@ def run_reference(
     torch.manual_seed(seed)
     grid = workload.grid
     model = ReferenceToyModel(
-        workload.spec,
-        grid.instance_probability(),
-        grid.instance_importance(),
-        device,
+        workload.spec, grid.instance_probability(), grid.instance_importance(), device
     )
     model.optimize(batch_size=batch_size, steps=steps, lr=lr)
     return model
@@ -271,7 +273,7 @@ def run_project(
     seed: int,
     device: torch.device,
     memory_budget_mb: float = 0.0,
-):
+) -> TrainResult:
     cfg = TrainConfig(
         restarts=workload.restarts,
         steps=steps,
@@ -295,7 +297,7 @@ def run_side(side: str, workload: Workload, steps: int, settings: Settings, seed
 
 
 # ---------------------------------------------------------------------------------------------
-# Measurements
+# Speed and held-out loss
 # ---------------------------------------------------------------------------------------------
 
 
@@ -306,9 +308,7 @@ def synchronize(device: torch.device) -> None:
 
 def matmul_peak(n: int, device: torch.device, reps: int = 7) -> dict:
     """Median GFLOP/s of a dense n x n fp32 matmul (TF32 as torch's default: off for matmul)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    c = torch.empty(n, n, device=device)
+    a, b, c = (torch.randn(n, n, device=device) for _ in range(3))
     for _ in range(2):
         torch.matmul(a, b, out=c)
     seconds = []
@@ -323,13 +323,101 @@ def matmul_peak(n: int, device: torch.device, reps: int = 7) -> dict:
 
 
 def held_out_loss(workload: Workload, params: dict[str, Tensor], settings: Settings) -> dict:
-    """Loss of every instance on the project's held-out batch (the same rows for both sides)."""
+    """Loss of every instance on the project's held-out batch (the same rows for both sides), and
+    of the restart a job would keep at every grid point (analysis.select.select_best)."""
     grid = workload.grid
     loss = evaluate_grid(
         workload.spec, params, grid, EVAL_SEED, settings.eval_rows, torch.device(settings.device)
     )
-    best = loss.view(grid.n_levels, grid.restarts).min(dim=1).values
+    selection = select_best(loss, torch.isfinite(loss), grid.restarts)
+    best = selection.eval_loss.min(dim=1).values  # +inf where no restart stayed finite
     return {"mean": loss.mean().item(), "best_of_restarts_mean": best.mean().item()}
+
+
+def timed_run(side: str, workload: Workload, settings: Settings, seed: int):
+    device = torch.device(settings.device)
+    gc.collect()
+    synchronize(device)
+    t0 = time.perf_counter()
+    params, _chunk = run_side(side, workload, settings.steps, settings, seed)
+    synchronize(device)
+    return time.perf_counter() - t0, params
+
+
+def time_sides(workload: Workload, settings: Settings, log: Callable[[str], None]):
+    """Seconds and held-out losses of every timed run, by side (ABBA order after a warm-up)."""
+    for side in SIDES:  # warm-up, not timed
+        run_side(side, workload, settings.warmup_steps, settings, seed=10_000)
+    seconds: dict[str, list[float]] = {side: [] for side in SIDES}
+    losses: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for repeat in range(settings.repeats):
+        for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
+            elapsed, params = timed_run(side, workload, settings, seed=repeat)
+            seconds[side].append(elapsed)
+            losses[side].append(held_out_loss(workload, params, settings))
+            log(f"  {workload.name} repeat {repeat + 1}/{settings.repeats} {side}: {elapsed:.2f} s")
+    return seconds, losses
+
+
+def side_figures(
+    workload: Workload, settings: Settings, seconds: list[float], losses: list[dict], memory: dict
+) -> dict:
+    median = statistics.median(seconds)
+    steps_done = workload.n_instances * settings.steps
+    return {
+        "seconds": seconds,
+        "median_s": median,
+        "instance_steps_per_s": steps_done / median,
+        "gflops": workload.flops_per_step(settings.batch_size) * settings.steps / median / 1e9,
+        "peak_memory_mb": memory["peak_mb"],
+        "peak_memory_mmap_mb": memory["peak_mmap_mb"],
+        "memory": memory,
+        "eval_loss": statistics.median(loss["mean"] for loss in losses),
+        "eval_loss_best_of_restarts": statistics.median(
+            loss["best_of_restarts_mean"] for loss in losses
+        ),
+        "eval_loss_per_repeat": [loss["mean"] for loss in losses],
+    }
+
+
+def compare_sides(result: dict, workload: Workload, tolerance: float) -> None:
+    """Add the project-over-reference figures and the verdict's inputs to `result`."""
+    ref, proj = result["reference"], result["project"]
+    result["speedup"] = proj["instance_steps_per_s"] / ref["instance_steps_per_s"]
+    # on a shared machine the fastest run is the least disturbed one: a check on the median
+    result["speedup_of_fastest"] = min(ref["seconds"]) / min(proj["seconds"])
+    every_run = ref["seconds"] + proj["seconds"]
+    result["spread"] = max(every_run) / min(every_run)
+    result["loss_ratio"] = proj["eval_loss"] / ref["eval_loss"]
+    result["learns_as_well"] = result["loss_ratio"] <= 1 + tolerance
+    result["target_met"] = result["speedup"] >= workload.target and result["learns_as_well"]
+
+
+def bench_workload(workload: Workload, settings: Settings, log: Callable[[str], None]) -> dict:
+    seconds, losses = time_sides(workload, settings, log)
+    result: dict[str, Any] = {
+        "task": workload.task,
+        "n_features": workload.n_features,
+        "d_hidden": workload.d_hidden,
+        "feature_probability": list(workload.feature_probability),
+        "restarts": workload.restarts,
+        "n_instances": workload.n_instances,
+        "importance_decay": workload.decay,
+        "steps": settings.steps,
+        "flops_per_step": workload.flops_per_step(settings.batch_size),
+        "target_speedup": workload.target,
+    }
+    for side in SIDES:
+        log(f"  {workload.name} peak memory of {side}")
+        memory = measure_peak_memory(side, workload, settings, settings.memory_steps)
+        result[side] = side_figures(workload, settings, seconds[side], losses[side], memory)
+    compare_sides(result, workload, settings.loss_tolerance)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory, each figure from a fresh process
+# ---------------------------------------------------------------------------------------------
 
 
 def _proc_status_kb(key: str) -> int | None:
@@ -343,18 +431,28 @@ def _proc_status_kb(key: str) -> int | None:
     return None
 
 
-def _reset_rss_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-        return _proc_status_kb("VmHWM") is not None
-    except OSError:
-        return False
+class PeakRss:
+    """Increase of the peak resident size from now on: VmHWM, reset through /proc/self/clear_refs
+    (Linux >= 4.0); elsewhere getrusage's ru_maxrss, a lower bound (that peak cannot be reset)."""
 
+    def __init__(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # reset VmHWM to the current RSS
+            self.exact = _proc_status_kb("VmHWM") is not None
+        except OSError:
+            self.exact = False
+        self.method = "VmHWM after clear_refs" if self.exact else "ru_maxrss (lower bound)"
+        self.base = self._bytes("VmRSS")
 
-def _maxrss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    def _bytes(self, key: str) -> int:
+        if self.exact:
+            return _proc_status_kb(key) * 1024
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def increase_mb(self) -> float:
+        return max(0, self._bytes("VmHWM") - self.base) / MiB
 
 
 def _fix_mmap_threshold(threshold: int) -> bool:
@@ -388,28 +486,13 @@ def _peak_memory_child(
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         cuda_base = torch.cuda.memory_allocated(device)
-    exact = _reset_rss_peak()
-    rss_base = _proc_status_kb("VmRSS") * 1024 if exact else _maxrss_bytes()
+    rss = PeakRss()
     _params, chunk = run_side(side, workload, steps, settings, seed=0, **kw)
     synchronize(device)
-    rss_peak = _proc_status_kb("VmHWM") * 1024 if exact else _maxrss_bytes()
-    out = {
-        "rss_increase_mb": max(0, rss_peak - rss_base) / MiB,
-        "rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss (lower bound)",
-        "chunk_size": chunk,
-    }
+    out = {"rss_increase_mb": rss.increase_mb(), "rss_method": rss.method, "chunk_size": chunk}
     if device.type == "cuda":
         out["cuda_peak_mb"] = (torch.cuda.max_memory_allocated(device) - cuda_base) / MiB
     return out
-
-
-def _child_main(conn, fn: Callable, args: tuple) -> None:
-    try:
-        conn.send(("ok", fn(*args)))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
 
 
 def _fresh_process_context():
@@ -436,22 +519,11 @@ def _nothing() -> None:
 
 
 def in_fresh_process(fn: Callable, *args: Any) -> Any:
-    """fn(*args) in a new process; an exception there is raised here as RuntimeError.
+    """fn(*args) in a new process; an exception there is raised here (with the child's traceback).
 
     One at a time: two children at once would oversubscribe the cores (OpenMP spins)."""
-    ctx = _fresh_process_context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(sender, fn, args))
-    proc.start()
-    sender.close()
-    try:
-        status, value = receiver.recv()
-    except EOFError:
-        status, value = "error", "the child process died without a result"
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"measurement in a fresh process failed:\n{value}")
-    return value
+    with ProcessPoolExecutor(max_workers=1, mp_context=_fresh_process_context()) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def measure_peak_memory(
@@ -476,103 +548,37 @@ def measure_peak_memory(
     }
 
 
-def timed_run(side: str, workload: Workload, settings: Settings, seed: int):
-    device = torch.device(settings.device)
-    gc.collect()
-    synchronize(device)
-    t0 = time.perf_counter()
-    params, _chunk = run_side(side, workload, settings.steps, settings, seed)
-    synchronize(device)
-    return time.perf_counter() - t0, params
+def _under(peak_mb: float | None, budget_mb: float) -> bool | None:
+    return peak_mb <= budget_mb if budget_mb and peak_mb is not None else None
 
 
-def bench_workload(workload: Workload, settings: Settings, log: Callable[[str], None]) -> dict:
-    for side in SIDES:  # warm-up, not timed
-        run_side(side, workload, settings.warmup_steps, settings, seed=10_000)
-    seconds: dict[str, list[float]] = {side: [] for side in SIDES}
-    losses: dict[str, list[dict]] = {side: [] for side in SIDES}
-    for repeat in range(settings.repeats):
-        order = SIDES if repeat % 2 == 0 else SIDES[::-1]
-        for side in order:
-            elapsed, params = timed_run(side, workload, settings, seed=repeat)
-            seconds[side].append(elapsed)
-            losses[side].append(held_out_loss(workload, params, settings))
-            log(f"  {workload.name} repeat {repeat + 1}/{settings.repeats} {side}: {elapsed:.2f} s")
-    result: dict[str, Any] = {
-        "task": workload.task.value,
-        "n_features": workload.n_features,
-        "d_hidden": workload.d_hidden,
-        "feature_probability": list(workload.feature_probability),
-        "restarts": workload.restarts,
+def budget_row(workload: Workload, settings: Settings, budget_mb: float) -> dict:
+    """The project's peak on `workload` under a memory budget (0: none), next to its plan."""
+    memory = measure_peak_memory("project", workload, settings, settings.memory_steps, budget_mb)
+    chunk = memory["chunk_size"]
+    probabilities = workload.grid.feature_probability.float().tolist()
+    per_instance = bytes_per_instance(workload.spec, settings.batch_size, probabilities)
+    return {
         "n_instances": workload.n_instances,
-        "importance_decay": workload.decay,
-        "steps": settings.steps,
-        "flops_per_step": workload.flops_per_step(settings.batch_size),
-        "target_speedup": workload.target,
+        "memory_budget_mb": budget_mb,
+        "chunk_size": chunk,
+        "n_chunks": -(-workload.n_instances // chunk),
+        "planned_chunk_mb": chunk * per_instance / MiB,
+        "peak_memory_mb": memory["peak_mb"],
+        "peak_memory_mmap_mb": memory["peak_mmap_mb"],
+        "under_budget": _under(memory["peak_mb"], budget_mb),
+        "under_budget_mmap": _under(memory["peak_mmap_mb"], budget_mb),
+        "memory": memory,
     }
-    for side in SIDES:
-        median = statistics.median(seconds[side])
-        log(f"  {workload.name} peak memory of {side}")
-        memory = measure_peak_memory(side, workload, settings, settings.memory_steps)
-        result[side] = {
-            "seconds": seconds[side],
-            "median_s": median,
-            "instance_steps_per_s": workload.n_instances * settings.steps / median,
-            "gflops": workload.flops_per_step(settings.batch_size) * settings.steps / median / 1e9,
-            "peak_memory_mb": memory["peak_mb"],
-            "peak_memory_mmap_mb": memory["peak_mmap_mb"],
-            "memory": memory,
-            "eval_loss": statistics.median(loss["mean"] for loss in losses[side]),
-            "eval_loss_best_of_restarts": statistics.median(
-                loss["best_of_restarts_mean"] for loss in losses[side]
-            ),
-            "eval_loss_per_repeat": [loss["mean"] for loss in losses[side]],
-        }
-    ref, proj = result["reference"], result["project"]
-    result["speedup"] = proj["instance_steps_per_s"] / ref["instance_steps_per_s"]
-    # on a shared machine the fastest run is the least disturbed one: a check on the median
-    result["speedup_of_fastest"] = min(ref["seconds"]) / min(proj["seconds"])
-    every_run = ref["seconds"] + proj["seconds"]
-    result["spread"] = max(every_run) / min(every_run)
-    result["loss_ratio"] = proj["eval_loss"] / ref["eval_loss"]
-    result["learns_as_well"] = result["loss_ratio"] <= 1 + settings.loss_tolerance
-    result["target_met"] = result["speedup"] >= workload.target and result["learns_as_well"]
-    return result
 
 
 def bench_memory(settings: Settings, w1: Workload) -> dict:
-    """Peak of the project's trainer on W1 at two sizes under a memory budget (it chunks)."""
+    """Peak of the project's trainer on W1 at two sizes under a memory budget (it chunks), and at
+    the larger size without one."""
     budget = settings.memory_budget_mb
-    rows = []
-    cases = [(r, budget) for r in settings.memory_restarts] + [(settings.memory_restarts[1], 0.0)]
-    for restarts, case_budget in cases:
-        workload = replace(w1, restarts=restarts)
-        memory = measure_peak_memory(
-            "project", workload, settings, settings.memory_steps, case_budget
-        )
-        chunk = memory["chunk_size"]
-        probabilities = workload.grid.feature_probability.float().tolist()
-        estimate = (
-            chunk * bytes_per_instance(workload.spec, settings.batch_size, probabilities) / MiB
-        )
-        rows.append(
-            {
-                "n_instances": workload.n_instances,
-                "memory_budget_mb": case_budget,
-                "chunk_size": chunk,
-                "n_chunks": -(-workload.n_instances // chunk),
-                "planned_chunk_mb": estimate,
-                "peak_memory_mb": memory["peak_mb"],
-                "peak_memory_mmap_mb": memory["peak_mmap_mb"],
-                "under_budget": memory["peak_mb"] <= case_budget if case_budget else None,
-                "under_budget_mmap": (
-                    memory["peak_mmap_mb"] <= case_budget
-                    if case_budget and memory["peak_mmap_mb"] is not None
-                    else None
-                ),
-                "memory": memory,
-            }
-        )
+    small, large = settings.memory_restarts
+    cases = [(small, budget), (large, budget), (large, 0.0)]
+    rows = [budget_row(replace(w1, restarts=r), settings, b) for r, b in cases]
     return {"memory_budget_mb": budget, "steps": settings.memory_steps, "rows": rows}
 
 
@@ -607,9 +613,8 @@ def _yes(value: bool | None) -> str:
     return {True: "yes", False: "NO", None: "-"}[value]
 
 
-def format_report(report: dict) -> str:
-    s = report["settings"]
-    peak = report["matmul_peak"]
+def speed_table(report: dict) -> list[str]:
+    s, peak = report["settings"], report["matmul_peak"]
     lines = [
         "",
         f"device {report['device_name']}, torch {report['torch']}, "
@@ -632,7 +637,11 @@ def format_report(report: dict) -> str:
             f"{ref['gflops']:>12.3g}{proj['gflops']:>8.3g}"
             f"{100 * proj['gflops'] / peak['gflops']:>7.2f}%"
         )
-    lines += [
+    return lines
+
+
+def memory_and_loss_table(report: dict) -> list[str]:
+    lines = [
         "",
         "memory (MiB added by one run: 'peak' and 'mmap', see 'memory' below) and held-out loss",
         "(mean over instances, and mean over grid points of the best restart; median of repeats)",
@@ -647,15 +656,18 @@ def format_report(report: dict) -> str:
             f"{ref['eval_loss']:>11.4g}{proj['eval_loss']:>11.4g}{w['loss_ratio']:>9.3f}"
             f"{ref['eval_loss_best_of_restarts']:>11.4g}{proj['eval_loss_best_of_restarts']:>11.4g}"
         )
-    m = report["memory"]
-    lines += [
+    return lines
+
+
+def budget_table(memory: dict) -> list[str]:
+    lines = [
         "",
-        f"memory budget: project trainer on W1, {m['steps']} steps, "
-        f"TrainConfig(memory_budget_mb={m['memory_budget_mb']:g})",
+        f"memory budget: project trainer on W1, {memory['steps']} steps, "
+        f"TrainConfig(memory_budget_mb={memory['memory_budget_mb']:g})",
         f"{'instances':>10}{'budget MiB':>12}{'chunk':>7}{'chunks':>8}{'planned MiB':>13}"
         f"{'peak':>8}{'mmap':>8}  under budget (peak / mmap)",
     ]
-    for row in m["rows"]:
+    for row in memory["rows"]:
         budget = f"{row['memory_budget_mb']:g}" if row["memory_budget_mb"] else "none"
         under = (
             f"{_yes(row['under_budget'])} / {_yes(row['under_budget_mmap'])}"
@@ -667,9 +679,13 @@ def format_report(report: dict) -> str:
             f"{row['planned_chunk_mb']:>13.1f}{_mib(row['peak_memory_mb']):>8}"
             f"{_mib(row['peak_memory_mmap_mb']):>8}  {under}"
         )
+    return lines
+
+
+def format_report(report: dict) -> str:
+    lines = speed_table(report) + memory_and_loss_table(report) + budget_table(report["memory"])
     lines += ["", f"FLOPs: {FLOP_COUNT}", f"memory: {MEMORY_METHOD}", "", "verdicts (issue 5)"]
-    lines += report["verdicts"]
-    return "\n".join(lines)
+    return "\n".join(lines + report["verdicts"])
 
 
 def verdict(name: str, w: dict, tolerance: float) -> str:
@@ -694,6 +710,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -732,12 +753,9 @@ def make_settings(args: argparse.Namespace, device: torch.device) -> Settings:
         "memory_steps": 2 if args.quick else 5,
         "memory_budget_mb": 64.0,
     }
-    tiny = {"eval_rows": 1024, "memory_budget_mb": 2.0}
     if args.tiny:
-        defaults.update(tiny)
-    value = {
-        k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()
-    }
+        defaults.update(eval_rows=1024, memory_budget_mb=2.0)
+    value = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in defaults.items()}
     return Settings(
         steps=value["steps"],
         repeats=value["repeats"],
@@ -754,29 +772,25 @@ def make_settings(args: argparse.Namespace, device: torch.device) -> Settings:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        device = resolve_device(Device(args.device))
-    except ConfigError as error:
-        print(f"bench: {error}", file=sys.stderr)
-        return 2
-    settings = make_settings(args, device)
+def select_workloads(args: argparse.Namespace) -> list[Workload]:
+    """The workloads to time (--tiny: fewer restarts; --only: some); ValueError on unknown names."""
     workloads = [replace(w, restarts=TINY_RESTARTS[w.name]) if args.tiny else w for w in WORKLOADS]
-    w1 = workloads[0]
-    if args.only:
-        wanted = {name.strip().upper() for name in args.only.split(",")}
-        unknown = wanted - {w.name for w in workloads}
-        if unknown:
-            print(f"bench: --only names unknown workloads {sorted(unknown)}", file=sys.stderr)
-            return 2
-        workloads = [w for w in workloads if w.name in wanted]
+    if not args.only:
+        return workloads
+    wanted = {name.strip().upper() for name in args.only.split(",")}
+    unknown = wanted - {w.name for w in workloads}
+    if unknown:
+        raise ValueError(f"--only names unknown workloads {sorted(unknown)}")
+    return [w for w in workloads if w.name in wanted]
 
-    started = time.perf_counter()
 
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
-
+def run_bench(
+    workloads: list[Workload],
+    w1: Workload,
+    settings: Settings,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     report: dict[str, Any] = {
         "device": device.type,
@@ -804,6 +818,31 @@ def main(argv: list[str] | None = None) -> int:
     report["verdicts"] = [
         verdict(name, w, settings.loss_tolerance) for name, w in report["workloads"].items()
     ]
+    return report
+
+
+def write_json(path: Path, report: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        device = resolve_device(Device(args.device))
+        workloads = select_workloads(args)
+    except (ConfigError, ValueError) as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    settings = make_settings(args, device)
+    w1 = replace(WORKLOADS[0], restarts=TINY_RESTARTS["W1"]) if args.tiny else WORKLOADS[0]
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    report = run_bench(workloads, w1, settings, device, log)
     report["wall_s"] = time.perf_counter() - started
     print(format_report(report))
     print(f"\nbench took {report['wall_s']:.0f} s")
@@ -811,9 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nprofile: project trainer, {w1.name}, 20 steps (self time, top 20)")
         print(profile_project(w1, settings, 20))
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_json(args.json, report)
     return 0
 
 
