@@ -161,7 +161,8 @@ def course_init(init: InitScale, shape: tuple[int, ...], device: torch.device) -
 
 
 class ReferenceToyModel(nn.Module):
-    """The course's ToyModel (identity) and NeuronComputationModel (abs), instances stacked first.
+    """The course's ToyModel (identity; NeuronModel with spec.hidden_relu) and
+    NeuronComputationModel (abs), instances stacked first.
 
     Activations are (batch, instance, feature), as in the course. The weights are named and shaped
     as spec.param_shapes() says and start at the scale tasks.model.init_scales gives for `spec`
@@ -196,6 +197,8 @@ class ReferenceToyModel(nn.Module):
     ) -> Annotated[Tensor, "batch instance feature"]:
         if self.spec.task == IDENTITY:
             h = einsum(features, self.W, "... inst feats, inst hidden feats -> ... inst hidden")
+            if self.spec.hidden_relu:  # the course's NeuronModel
+                h = torch.relu(h)
             out = einsum(h, self.W, "... inst hidden, inst hidden feats -> ... inst feats")
         else:
             h = torch.relu(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from superposition.tasks.model import ModelSpec
+from superposition.tasks.model import ModelSpec, forward
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench.py"
@@ -92,6 +92,22 @@ def test_reference_sampler_marginals(bench, task):
         assert magnitudes.min() >= -1 and magnitudes.max() < 1
         assert abs(magnitudes.mean().item()) < 0.01
         assert abs(magnitudes.abs().mean().item() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize(
+    "task, hidden_relu", [("identity", False), ("identity", True), ("abs", False)]
+)
+def test_reference_forward_is_the_package_model(bench, task, hidden_relu):
+    torch.manual_seed(0)
+    spec = ModelSpec(task=task, n_features=6, d_hidden=3, hidden_relu=hidden_relu)
+    model = bench.ReferenceToyModel(
+        spec, torch.full((2,), 0.5), torch.ones(2, 6), device=torch.device("cpu")
+    )
+    with torch.no_grad():
+        model.b_final.normal_()
+    x = model.generate_batch(32)  # (batch, instance, feature)
+    expected = forward(spec, model.trained_params(), x.transpose(0, 1)).transpose(0, 1)
+    torch.testing.assert_close(model(x).detach(), expected)
 
 
 def test_flop_count_of_w1(bench):
