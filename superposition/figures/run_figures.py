@@ -86,7 +86,7 @@ def privileged(run: Run) -> bool:
 
 
 def feature_array(run: Run) -> Annotated[np.ndarray, "level hidden feature"]:
-    return metrics.feature_matrix(run.task, run.weights).double().numpy()
+    return run.features.numpy()
 
 
 def feature_tensor(run: Run, level: int) -> Annotated[Tensor, "hidden feature"]:
