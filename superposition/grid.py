@@ -51,24 +51,37 @@ def sparsity_grid(
     )
 
 
-def phase_grid(
+def phase_level(r_index: int, p_index: int, n_probabilities: int) -> int:
+    """The level of a phase sweep's cell (relative_importance[r_index],
+    feature_probability[p_index]): r outer, p inner. The one definition of the layout, which
+    phase_sweep_grid builds and store.results.RunResults.level_at reads; phase_cell inverts it."""
+    return r_index * n_probabilities + p_index
+
+
+def phase_cell(level: int, n_probabilities: int) -> tuple[int, int]:
+    """(r index, p index) of a phase sweep's level: the inverse of phase_level."""
+    return divmod(level, n_probabilities)
+
+
+def phase_sweep_grid(
     relative_importance: list[float],
     feature_probability: list[float],
     n_features: int,
     decay: float,
     restarts: int,
 ) -> InstanceGrid:
-    """The phase diagram's grid, relative_importance × feature_probability with r outer (level =
-    r index · len(feature_probability) + p index): importance decay**i, except the last feature,
-    whose importance is r times feature 0's."""
+    """The phase diagram's grid, relative_importance × feature_probability laid out by
+    phase_level (r outer): importance decay**i, except the last feature, whose importance is r
+    times feature 0's."""
     base = decaying_importance(n_features, decay)
+    n_levels = len(relative_importance) * len(feature_probability)
     importance, probability = [], []
-    for r in relative_importance:
-        for p in feature_probability:
-            vector = base.clone()
-            vector[-1] = r * base[0]
-            importance.append(vector)
-            probability.append(p)
+    for level in range(n_levels):
+        r_index, p_index = phase_cell(level, len(feature_probability))
+        vector = base.clone()
+        vector[-1] = relative_importance[r_index] * base[0]
+        importance.append(vector)
+        probability.append(feature_probability[p_index])
     return InstanceGrid(
         feature_probability=torch.tensor(probability, dtype=torch.float64),
         importance=torch.stack(importance),

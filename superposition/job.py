@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -21,23 +22,25 @@ from superposition.analysis.verdicts import judge, write_report
 from superposition.config import Config, ConfigError, Task
 from superposition.engine.device import bytes_per_instance, free_memory_bytes, resolve_device
 from superposition.engine.train import TrainResult, train_grid
-from superposition.figures.run_figures import PLOTS_DIR, RunData, draw_run
-from superposition.grid import InstanceGrid, phase_grid, sparsity_grid
+from superposition.figures.run_figures import PLOTS_DIR, draw_run
+from superposition.grid import InstanceGrid, phase_cell, phase_sweep_grid, sparsity_grid
 from superposition.store.checkpoint import Checkpointer, StopSignals, fingerprint
-from superposition.store.files import (
-    HISTORY,
-    RESULTS,
-    WEIGHTS,
-    json_safe,
-    write_json,
-    write_tensors,
-)
+from superposition.store.files import HISTORY, RESULTS, WEIGHTS, json_safe, write_tensors
 from superposition.store.outdir import (
     check_not_busy,
     digests,
     exclusive,
     finished_results,
     remove_stale_temporaries,
+)
+from superposition.store.results import (
+    Baselines,
+    DataPairs,
+    Exclusion,
+    LevelResult,
+    Run,
+    RunResults,
+    write_results,
 )
 from superposition.tasks.model import ModelSpec
 from superposition.track import Tracker
@@ -55,7 +58,7 @@ def model_spec(config: Config) -> ModelSpec:
 
 def build_grid(config: Config) -> InstanceGrid:
     if config.sweep.relative_importance:
-        return phase_grid(
+        return phase_sweep_grid(
             config.sweep.relative_importance,
             config.sweep.feature_probability,
             config.model.n_features,
@@ -87,78 +90,95 @@ def results_summary(
     trained: TrainResult,
     selection: Selection,
     metrics: list[dict],
-    loss_ratio: Tensor,
+    loss_ratio: Annotated[Tensor, "level feature"],
     one_sign: list[list[int] | None],
     device: torch.device,
-) -> dict:
-    levels = []
-    relative = config.sweep.relative_importance
-    for level in range(grid.n_levels):
-        frozen = [r for lv, r in selection.excluded if lv == level]
-        levels.append(
-            {
-                "feature_probability": float(grid.feature_probability[level]),
-                "importance": grid.importance[level].tolist(),
-                "relative_importance": (
-                    relative[level // len(config.sweep.feature_probability)] if relative else None
-                ),
-                "best_restart": selection.best_restart[level],
-                "eval_loss": selection.best_loss[level],
-                "restart_eval_losses": selection.eval_loss[level].tolist(),
-                "excluded_restarts": frozen,
-                "metrics": metrics[level],
-                # per feature: its held-out loss over its loss when dropped (evaluate.py)
-                "feature_loss_ratio": loss_ratio[level].tolist(),
-                "one_sign_features": one_sign[level],
-                "baselines": level_baselines(
-                    config, grid.importance[level].tolist(), float(grid.feature_probability[level])
-                ),
-            }
+) -> RunResults:
+    """What results.json records of the run; NaN and ±inf already null (JSON has no spelling)."""
+    levels = [
+        level_result(
+            config, grid, selection, level, metrics[level], loss_ratio[level], one_sign[level]
         )
-    return {
-        "config_fingerprint": run_fingerprint,
-        "task": config.task.value,
-        "n_features": config.model.n_features,
-        "d_hidden": config.model.d_hidden,
-        "hidden_relu": config.model.hidden_relu,
+        for level in range(grid.n_levels)
+    ]
+    return RunResults(
+        config_fingerprint=run_fingerprint,
+        task=config.task.value,
+        n_features=config.model.n_features,
+        d_hidden=config.model.d_hidden,
+        hidden_relu=config.model.hidden_relu,
         # the initial scale used (model.init with auto resolved; model.py, init_scales)
-        "init": model_spec(config).init_scheme.value,
-        "importance": grid.importance[0].tolist(),
-        "preset": config.preset,
-        "feature_probability": list(config.sweep.feature_probability),
-        "relative_importance": list(relative),
-        "data": {
-            "correlated_pairs": config.data.correlated_pairs,
-            "anticorrelated_pairs": config.data.anticorrelated_pairs,
-        },
-        "restarts": grid.restarts,
-        "steps": config.train.steps,
-        "seed": config.seed,
-        "device": str(device),
-        "eval_batch_size": config.eval.batch_size,
-        "chunk_size": trained.chunk_size,
-        "levels": levels,
-        "excluded": [{"level": lv, "restart": r} for lv, r in selection.excluded],
-        # levels whose every restart diverged (best_restart null, NaN weights)
-        "levels_without_finite_restart": [
+        init=model_spec(config).init_scheme.value,
+        importance=grid.importance[0].tolist(),
+        preset=config.preset,
+        feature_probability=list(config.sweep.feature_probability),
+        relative_importance=list(config.sweep.relative_importance),
+        data=DataPairs(
+            correlated_pairs=config.data.correlated_pairs,
+            anticorrelated_pairs=config.data.anticorrelated_pairs,
+        ),
+        restarts=grid.restarts,
+        steps=config.train.steps,
+        seed=config.seed,
+        device=str(device),
+        eval_batch_size=config.eval.batch_size,
+        chunk_size=trained.chunk_size,
+        levels=levels,
+        excluded=[Exclusion(level, restart) for level, restart in selection.excluded],
+        levels_without_finite_restart=[
             level for level, best in enumerate(selection.best_restart) if best is None
         ],
-        "train_seconds": trained.seconds,
-        "instance_steps_per_s": trained.instance_steps_per_s,
-        # training batches a sparse sampler cut at its capacity (batches.py); expected 0
-        "sampler_overflows": int(trained.sampler_overflows.sum()),
-    }
+        train_seconds=trained.seconds,
+        instance_steps_per_s=trained.instance_steps_per_s,
+        sampler_overflows=int(trained.sampler_overflows.sum()),
+    )
 
 
-def level_baselines(config: Config, importance: list[float], p: float) -> dict | None:
+def level_result(
+    config: Config,
+    grid: InstanceGrid,
+    selection: Selection,
+    level: int,
+    metrics: dict,
+    loss_ratio: Annotated[Tensor, "feature"],
+    one_sign: list[int] | None,
+) -> LevelResult:
+    """One grid point's results."""
+    importance = grid.importance[level].tolist()
+    p = float(grid.feature_probability[level])
+    return LevelResult(
+        feature_probability=p,
+        importance=importance,
+        relative_importance=level_relative_importance(config, level),
+        best_restart=selection.best_restart[level],
+        eval_loss=selection.best_loss[level],
+        restart_eval_losses=json_safe(selection.eval_loss[level].tolist()),
+        excluded_restarts=[r for lv, r in selection.excluded if lv == level],
+        metrics=json_safe(metrics),
+        feature_loss_ratio=json_safe(loss_ratio.tolist()),
+        one_sign_features=one_sign,
+        baselines=level_baselines(config, importance, p),
+    )
+
+
+def level_relative_importance(config: Config, level: int) -> float | None:
+    """The extra feature's relative importance at this level of a phase sweep, else None."""
+    relative = config.sweep.relative_importance
+    if not relative:
+        return None
+    r_index, _ = phase_cell(level, len(config.sweep.feature_probability))
+    return relative[r_index]
+
+
+def level_baselines(config: Config, importance: list[float], p: float) -> Baselines | None:
     """abs: the losses of a constant model and of the best model without superposition
-    (analysis.py); None for identity."""
+    (geometry.py); None for identity."""
     if config.task != Task.abs:
         return None
-    return {
-        "constant": abs_constant_loss(importance, p),
-        "no_superposition": abs_no_superposition_loss(importance, p, config.model.d_hidden),
-    }
+    return Baselines(
+        constant=abs_constant_loss(importance, p),
+        no_superposition=abs_no_superposition_loss(importance, p, config.model.d_hidden),
+    )
 
 
 def run_job(
@@ -168,7 +188,7 @@ def run_job(
     run_name: str,
     group: str | None = None,
     tracked_config: dict | None = None,
-) -> dict:
+) -> RunResults:
     """Train, select, write and track one job; return what results.json holds.
 
     tracked_config is what W&B records as the run's config (the resolved Hydra config). The job
@@ -199,11 +219,11 @@ def check_fits_in_memory(config: Config) -> None:
         )
 
 
-def finished_here(config: Config, out_dir: Path) -> dict | None:
+def finished_here(config: Config, out_dir: Path) -> RunResults | None:
     """The results of this config's finished run in out_dir, or None when there is none;
     ConfigError when out_dir holds another config's finished run or broken results."""
     finished = finished_results(out_dir)
-    if finished is not None and finished.get("config_fingerprint") != config_fingerprint(config):
+    if finished is not None and finished.config_fingerprint != config_fingerprint(config):
         raise ConfigError(
             f"{out_dir} holds a finished run of another config; "
             "choose another output directory (hydra.run.dir=...)"
@@ -224,7 +244,7 @@ def check_directory(config: Config, out_dir: Path) -> None:
 
 def _run_locked(
     config: Config, out_dir: Path, run_name: str, group: str | None, tracked_config: dict | None
-) -> dict:
+) -> RunResults:
     run_fingerprint = config_fingerprint(config)
     finished = finished_here(config, out_dir)
     if finished is not None:
@@ -292,7 +312,7 @@ def _run_locked(
             write_tensors(out_dir / HISTORY, history_tensors)
             stop_point()
             draw_run(
-                RunData(json_safe(results), best, history_tensors),
+                Run(results, best, history_tensors),
                 out_dir / PLOTS_DIR,
                 on_error=lambda name, err: print(
                     f"warning: figure {name}.png could not be drawn ({type(err).__name__}: {err}); "
@@ -303,15 +323,15 @@ def _run_locked(
             report = None
             if config.preset is not None:
                 try:
-                    report = judge(config.preset, json_safe(results), best)
+                    report = judge(config.preset, results, best)
                 except Exception as err:  # a verdict must not cost the run its results
                     print(f"warning: the {config.preset} verdict could not be computed: {err}")
                 if report is not None:
                     write_report(out_dir, report)
-                    results["verdict"] = report.verdict
+                    results.verdict = report.verdict
             stop_point()
-            results["files"] = digests(out_dir)  # what finished_results checks
-            write_json(out_dir / RESULTS, results)
+            results.files = digests(out_dir)  # what finished_results checks
+            write_results(out_dir, results)
         checkpointer.remove()
 
         tracker.log_history(
@@ -352,28 +372,28 @@ def warn_about_training(grid: InstanceGrid, selection: Selection, trained: Train
 SUMMARY_MAX_LEVELS = 12
 
 
-def print_summary(results: dict, out_dir: Path) -> None:
-    if len(results["levels"]) > SUMMARY_MAX_LEVELS:
-        print(f"{len(results['levels'])} grid points: eval losses in {out_dir / RESULTS}")
+def print_summary(results: RunResults, out_dir: Path) -> None:
+    if results.n_levels > SUMMARY_MAX_LEVELS:
+        print(f"{results.n_levels} grid points: eval losses in {out_dir / RESULTS}")
         print(f"results written to {out_dir}")
         return
     best = ", ".join(
-        f"p={level['feature_probability']:g}: "
-        + (f"{level['eval_loss']:.4g}" if level["eval_loss"] is not None else "none finite")
-        for level in results["levels"]
+        f"p={level.feature_probability:g}: "
+        + (f"{level.eval_loss:.4g}" if level.eval_loss is not None else "none finite")
+        for level in results.levels
     )
     print(f"best eval loss per level: {best}")
-    if results["task"] == "abs":
-        print_abs_summary(results["levels"], results["d_hidden"])
+    if results.task == "abs":
+        print_abs_summary(results.levels, results.d_hidden)
     print(f"results written to {out_dir}")
 
 
-def print_abs_summary(levels: list[dict], d_hidden: int) -> None:
+def print_abs_summary(levels: list[LevelResult], d_hidden: int) -> None:
     """Which signs of |x| the kept models compute, and their loss over a constant model's; a
     warning where important features are computed for one sign only (issue 10's minimum)."""
     cells = []
     for level in levels:
-        m, p = level["metrics"], level["feature_probability"]
+        m, p = level.metrics, level.feature_probability
         share = _loss_over_constant(level)
         if share is None or m.get("features_computed_both_signs") is None:
             cells.append(f"p={p:g}: –")
@@ -386,21 +406,21 @@ def print_abs_summary(levels: list[dict], d_hidden: int) -> None:
     )
     n_important = important_feature_count(d_hidden)
     for level in levels:
-        important = set(important_features(level["importance"], n_important))
-        bad = sorted(important.intersection(level.get("one_sign_features") or []))
+        important = set(important_features(level.importance, n_important))
+        bad = sorted(important.intersection(level.one_sign_features or []))
         if bad:
             share = _loss_over_constant(level)
             loss = "" if share is None else f", the loss {share:.2f} of a constant model's"
             print(
-                f"warning: p={level['feature_probability']:g}: features "
+                f"warning: p={level.feature_probability:g}: features "
                 f"{', '.join(map(str, bad))} (of the {n_important} most important) are computed "
                 f"for one sign of x only{loss}; |x| = ReLU(x) + ReLU(-x) needs both: see "
                 "plots/feature_loss.png, and try more train.steps or train.restarts"
             )
 
 
-def _loss_over_constant(level: dict) -> float | None:
-    baselines = level.get("baselines") or {}
-    if level.get("eval_loss") is None or not baselines.get("constant"):
+def _loss_over_constant(level: LevelResult) -> float | None:
+    baselines = level.baselines
+    if level.eval_loss is None or baselines is None or not baselines.constant:
         return None
-    return level["eval_loss"] / baselines["constant"]
+    return level.eval_loss / baselines.constant

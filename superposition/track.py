@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from superposition.store.files import RESULTS, WEIGHTS
+from superposition.store.results import LevelResult, RunResults
 
 MODES = ("offline", "online", "disabled")
 # seconds wandb.init may take (online: reaching the server) before the job goes on without it
@@ -101,38 +102,42 @@ def history_rows(
     return rows
 
 
-def scalar_metrics(level: dict) -> dict[str, float | int | bool | None]:
+def scalar_metrics(level: LevelResult) -> dict[str, float | int | bool | None]:
     """The level's metrics that are single numbers (or null), in their order."""
-    metrics = level.get("metrics") or {}
-    return {k: v for k, v in metrics.items() if v is None or isinstance(v, int | float)}
+    return {k: v for k, v in level.metrics.items() if v is None or isinstance(v, int | float)}
 
 
-def level_table(results: dict) -> tuple[list[str], list[list]]:
+def level_table(results: RunResults) -> tuple[list[str], list[list]]:
     """Columns and one row per level: feature_probability, best_restart, eval_loss, each metric."""
     names: list[str] = []
-    for level in results["levels"]:
+    for level in results.levels:
         names += [name for name in scalar_metrics(level) if name not in names]
     columns = ["feature_probability", "best_restart", "eval_loss", *names]
     rows = []
-    for level in results["levels"]:
+    for level in results.levels:
         metrics = scalar_metrics(level)
         rows.append(
-            [level["feature_probability"], level["best_restart"], level["eval_loss"]]
+            [level.feature_probability, level.best_restart, level.eval_loss]
             + [metrics.get(name) for name in names]
         )
     return columns, rows
 
 
-def level_summary(results: dict) -> dict[str, float | int | bool]:
+def level_summary(results: RunResults) -> dict[str, float | int | bool]:
     """'level/p=0.1/eval_loss' and 'level/p=0.1/<metric>' for every level; nulls left out."""
-    labels = level_labels([level["feature_probability"] for level in results["levels"]])
+    labels = level_labels([level.feature_probability for level in results.levels])
     summary = {}
-    for label, level in zip(labels, results["levels"], strict=True):
-        values = {"eval_loss": level["eval_loss"], **scalar_metrics(level)}
+    for label, level in zip(labels, results.levels, strict=True):
+        values = {"eval_loss": level.eval_loss, **scalar_metrics(level)}
         for key, value in values.items():
             if value is not None:
                 summary[f"level/{label}/{key}"] = value
     return summary
+
+
+def artifact_metadata(results: RunResults) -> dict[str, Any]:
+    """results.json's top-level single values (no lists or objects), for the weights artifact."""
+    return {k: v for k, v in results.to_json().items() if not isinstance(v, list | dict)}
 
 
 def artifact_name(run_name: str) -> str:
@@ -260,7 +265,7 @@ class Tracker:
 
         self._guarded("log_history", log)
 
-    def log_results(self, results: dict, out_dir: Path) -> None:
+    def log_results(self, results: RunResults, out_dir: Path) -> None:
         """Figures out_dir/plots/*.png (key 'plots/<stem>'), the table 'levels', per-level summary
         values, and the artifact '<run name>-weights' (type 'model': weights and results)."""
         out_dir = Path(out_dir)
@@ -279,7 +284,7 @@ class Tracker:
             artifact = wandb.Artifact(
                 artifact_name(run.name or run.id),
                 type="model",
-                metadata={k: v for k, v in results.items() if not isinstance(v, list | dict)},
+                metadata=artifact_metadata(results),
             )
             artifact.add_file(str(out_dir / WEIGHTS))
             artifact.add_file(str(out_dir / RESULTS))

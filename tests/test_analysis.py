@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from superposition.analysis import geometry
-from superposition.store.files import RESULTS, WEIGHTS, write_json, write_tensors
+from superposition.store.files import WEIGHTS, write_tensors
+from superposition.store.results import LevelResult, RunResults, load_run, write_results
 
 
 def unit_vectors(degrees: list[float]) -> torch.Tensor:
@@ -400,12 +401,24 @@ def test_asymmetric_neurons():
 # -------------------------------------------------------------------------------------- files
 
 
+def run_results(task: str, probabilities: tuple[float, ...], n_features: int) -> RunResults:
+    levels = [
+        LevelResult(
+            feature_probability=p, importance=[1.0] * n_features, best_restart=0, eval_loss=0.1
+        )
+        for p in probabilities
+    ]
+    return RunResults(
+        task=task, n_features=n_features, d_hidden=2, restarts=1, steps=1, levels=levels
+    )
+
+
 def test_load_run_reads_an_output_directory(tmp_path):
     W = torch.stack([torch.zeros(2, 5), pentagon().float()])
-    results = {"task": "identity", "levels": [{"feature_probability": p} for p in (0.9, 0.1)]}
-    write_json(tmp_path / RESULTS, results)
+    results = run_results("identity", (0.9, 0.1), 5)
+    write_results(tmp_path, results)
     write_tensors(tmp_path / WEIGHTS, {"W": W, "b_final": torch.zeros(2, 5)})
-    run = geometry.load_run(str(tmp_path))
+    run = load_run(str(tmp_path))
     assert run.results == results
     assert set(run.weights) == {"W", "b_final"}
     assert run.features.dtype == torch.float64
@@ -416,10 +429,10 @@ def test_load_run_reads_an_output_directory(tmp_path):
 
 def test_load_run_features_of_abs_are_w1(tmp_path):
     W1, W2 = abs_weights()
-    write_json(tmp_path / RESULTS, {"task": "abs"})
+    write_results(tmp_path, run_results("abs", (0.1,), 5))
     write_tensors(
         tmp_path / WEIGHTS, {"W1": W1[None], "W2": W2[None], "b_final": torch.zeros(1, 5)}
     )
-    run = geometry.load_run(tmp_path)
+    run = load_run(tmp_path)
     assert torch.equal(run.features[0], W1.double())
     assert geometry.antipodal_neuron_pairs(run.features[0], run.weights["W2"][0])[0]

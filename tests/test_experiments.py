@@ -64,9 +64,9 @@ def test_tiny_run_of_each_preset_ends_with_a_verdict(compose_config, tmp_path, n
     results = run_job(config, tmp_path, run_name=name)
     report = (tmp_path / REPORT).read_text()
     assert report.splitlines()[-1] in ("verdict: PASS", "verdict: FAIL")
-    assert results["verdict"] == report.splitlines()[-1].removeprefix("verdict: ")
+    assert results.verdict == report.splitlines()[-1].removeprefix("verdict: ")
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["preset"] == name and saved["verdict"] == results["verdict"]
+    assert saved["preset"] == name and saved["verdict"] == results.verdict
     assert "verdict:" in capsys.readouterr().out
     weights = read_tensors(tmp_path / "weights.safetensors")
     n_levels = len(saved["levels"])
@@ -111,10 +111,10 @@ def test_a_preset_verdict_reaches_wandb(tmp_path):
     assert run["summary"]["verdict"] == json.loads((out / "results.json").read_text())["verdict"]
 
 
-def test_phase_grid_importance_vectors():
-    from superposition.grid import phase_grid
+def test_phase_sweep_grid_importance_vectors():
+    from superposition.grid import phase_sweep_grid
 
-    grid = phase_grid([0.5, 2.0], [1.0, 0.1, 0.01], n_features=3, decay=1.0, restarts=2)
+    grid = phase_sweep_grid([0.5, 2.0], [1.0, 0.1, 0.01], n_features=3, decay=1.0, restarts=2)
     assert grid.n_levels == 6 and grid.n_instances == 12
     assert torch.equal(
         grid.feature_probability, torch.tensor([1.0, 0.1, 0.01] * 2, dtype=torch.float64)

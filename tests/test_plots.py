@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from superposition.figures import __main__ as plot
 from superposition.figures import run_figures as plots
+from superposition.store.results import load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,11 +168,11 @@ def _black_edges(fig, row: int) -> int:
 
 def test_neurons_outline_the_features_computed_for_one_sign(tmp_path):
     out = write_run(tmp_path, "abs", n_features=3, d_hidden=3, probabilities=(0.1,))
-    run = plots.load_run(out)
+    run = load_run(out)
     # feature 0: antipodal pair (neurons 0, 1); feature 1: neuron 2 reads +x only; feature 2: none
     run.weights["W1"] = torch.tensor([[[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0]]])
     run.weights["W2"] = torch.tensor([[[1.0, 1.0, 0], [0, 0, 1.0], [0, 0, 0]]])
-    assert run.one_sign_features(0).tolist() == [False, True, False]
+    assert plots.one_sign_features(run, 0).tolist() == [False, True, False]
     fig = plots.neurons_figure(run)
     # axes: by interference, W1 by feature, W2ᵀ by feature (then the colorbars); feature 1 has one
     # segment in W1 (neuron 2) and one in W2ᵀ (neuron 2)
@@ -179,7 +180,7 @@ def test_neurons_outline_the_features_computed_for_one_sign(tmp_path):
     assert "one sign: 1" in fig.axes[0].get_title()
     run.weights["W2"][0, 1, 1] = 1.0  # feature 1 also read by neuron 1 (-x): both signs
     run.weights["W1"][0, 1, 1] = -1.0
-    assert not run.one_sign_features(0).any()
+    assert not plots.one_sign_features(run, 0).any()
     assert [_black_edges(plots.neurons_figure(run), row) for row in range(3)] == [0, 0, 0]
 
 
@@ -201,7 +202,7 @@ def test_level_without_finite_restart_and_missing_history_still_draw(tmp_path):
 
 
 def test_to_rgba_matches_the_png_size(tmp_path):
-    run = plots.load_run(write_run(tmp_path, "identity", n_features=5, d_hidden=2))
+    run = load_run(write_run(tmp_path, "identity", n_features=5, d_hidden=2))
     image = plots.to_rgba(plots.wtw_figure(run))
     assert image.shape == (325, 600, 4) and image.dtype == np.uint8
 
@@ -274,8 +275,8 @@ def test_plot_cli_on_a_real_run(real_run, capsys):
 
 
 def test_metrics_of_a_real_run_are_json(real_run):
-    run = plots.load_run(real_run)
-    rows = plots.metrics.level_metrics(run.task, run.weights, run.results["hidden_relu"])
+    run = load_run(real_run)
+    rows = plots.metrics.level_metrics(run.task, run.weights, run.results.hidden_relu)
     assert len(rows) == 2
     json.dumps(rows, allow_nan=False)
     assert all(0 <= row["features_represented"] <= 5 for row in rows)

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from wandb_offline import offline_runs, read_offline_run
 
 from superposition.config import WandbMode
-from superposition.store.files import HISTORY, RESULTS, WEIGHTS, read_results, read_tensors
+from superposition.store.files import HISTORY, RESULTS, WEIGHTS, read_tensors
+from superposition.store.results import LevelResult, RunResults, read_results
 from superposition.track import (
     Tracker,
     artifact_name,
@@ -96,17 +97,9 @@ def job_dir(tmp_path_factory, wandb_home) -> Path:
     return out
 
 
-def job_results(job_dir: Path) -> dict:
+def job_results(job_dir: Path) -> RunResults:
     results = read_results(job_dir)
-    if "metrics" not in results["levels"][0]:
-        # Stands in for the metrics stage where it has not landed yet.
-        for i, level in enumerate(results["levels"]):
-            level["metrics"] = {
-                "features_represented": 2.0 + i,
-                "mean_dimensionality": 0.5,
-                "mean_interference": None if i == 0 else 0.1 * i,
-                "monosemantic_fraction": 1.0,
-            }
+    assert all(level.metrics for level in results.levels)
     return results
 
 
@@ -198,20 +191,20 @@ def test_levels_table(tracked):
     table_ref = summary["levels"]
     assert table_ref["_type"] == "table-file"
     table = json.loads((tracked["run_dir"] / "files" / table_ref["path"]).read_text())
-    metrics = list(results["levels"][0]["metrics"])
+    metrics = list(results.levels[0].metrics)
     assert table["columns"] == ["feature_probability", "best_restart", "eval_loss", *metrics]
     assert len(table["data"]) == len(PROBABILITIES)
-    for row, level in zip(table["data"], results["levels"], strict=True):
-        expected = [level["feature_probability"], level["best_restart"], level["eval_loss"]]
-        expected += [level["metrics"][name] for name in metrics]
+    for row, level in zip(table["data"], results.levels, strict=True):
+        expected = [level.feature_probability, level.best_restart, level.eval_loss]
+        expected += [level.metrics[name] for name in metrics]
         assert row == pytest.approx(expected, nan_ok=True)
 
 
 def test_summary_per_level(tracked):
     summary = tracked["read"]["summary"]
-    for label, level in zip(LABELS, tracked["results"]["levels"], strict=True):
-        assert summary[f"level/{label}/eval_loss"] == pytest.approx(level["eval_loss"])
-        for name, value in level["metrics"].items():
+    for label, level in zip(LABELS, tracked["results"].levels, strict=True):
+        assert summary[f"level/{label}/eval_loss"] == pytest.approx(level.eval_loss)
+        for name, value in level.metrics.items():
             if value is None:
                 assert f"level/{label}/{name}" not in summary
             else:
@@ -253,7 +246,10 @@ def start_args(out_dir: Path, **overrides) -> dict:
 def assert_disabled(tracker: Tracker, out_dir: Path) -> None:
     assert not tracker.enabled and tracker.run_id is None and tracker.run_dir is None
     tracker.log_history([0], torch.zeros(1, 1, 1), [1.0], 1)
-    tracker.log_results({"levels": []}, out_dir)
+    tracker.log_results(
+        RunResults(task="identity", n_features=1, d_hidden=1, restarts=1, steps=1, levels=[]),
+        out_dir,
+    )
     tracker.finish()
 
 
@@ -402,17 +398,19 @@ def test_level_labels_and_artifact_name():
 
 
 def test_level_table_and_summary_keep_scalar_metrics():
-    results = {
-        "levels": [
-            {
-                "feature_probability": 1.0,
-                "best_restart": 0,
-                "eval_loss": None,
-                "metrics": {"a": 1.0, "per_feature": [1, 2]},
-            },
-            {"feature_probability": 0.1, "best_restart": 2, "eval_loss": 0.5},
-        ]
-    }
+    levels = [
+        LevelResult(
+            feature_probability=1.0,
+            importance=[1.0],
+            best_restart=0,
+            eval_loss=None,
+            metrics={"a": 1.0, "per_feature": [1, 2]},
+        ),
+        LevelResult(feature_probability=0.1, importance=[1.0], best_restart=2, eval_loss=0.5),
+    ]
+    results = RunResults(
+        task="identity", n_features=1, d_hidden=1, restarts=3, steps=1, levels=levels
+    )
     columns, rows = level_table(results)
     assert columns == ["feature_probability", "best_restart", "eval_loss", "a"]
     assert rows == [[1.0, 0, None, 1.0], [0.1, 2, 0.5, None]]

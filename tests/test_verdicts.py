@@ -11,6 +11,7 @@ import torch
 from superposition.analysis import geometry, verdicts
 from superposition.figures.phase_figure import SIZE, draw_phase_diagram
 from superposition.figures.run_figures import DPI
+from superposition.store.results import DataPairs, LevelResult, RunResults
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,8 +26,8 @@ def identity_run(
     Ws: list[torch.Tensor],
     probabilities: list[float],
     nan_levels: tuple[int, ...] = (),
-    **extra,
-) -> tuple[dict, dict[str, torch.Tensor]]:
+    data: dict[str, int] | None = None,
+) -> tuple[RunResults, dict[str, torch.Tensor]]:
     """results and weights of an identity run with the given W per level (level axis first)."""
     W = torch.stack(Ws).float()
     n_features = W.shape[-1]
@@ -35,27 +36,25 @@ def identity_run(
         W[level] = math.nan
         b_final[level] = math.nan
     levels = [
-        {
-            "feature_probability": p,
-            "importance": [1.0] * n_features,
-            "relative_importance": None,
-            "best_restart": None if level in nan_levels else 0,
-            "eval_loss": None if level in nan_levels else 0.01,
-            "metrics": {},
-        }
+        LevelResult(
+            feature_probability=p,
+            importance=[1.0] * n_features,
+            best_restart=None if level in nan_levels else 0,
+            eval_loss=None if level in nan_levels else 0.01,
+        )
         for level, p in enumerate(probabilities)
     ]
-    results = {
-        "task": "identity",
-        "n_features": n_features,
-        "d_hidden": W.shape[1],
-        "hidden_relu": False,
-        "importance": [1.0] * n_features,
-        "feature_probability": list(probabilities),
-        "relative_importance": [],
-        "levels": levels,
-        **extra,
-    }
+    results = RunResults(
+        task="identity",
+        n_features=n_features,
+        d_hidden=W.shape[1],
+        importance=[1.0] * n_features,
+        feature_probability=list(probabilities),
+        data=DataPairs(**(data or {})),
+        restarts=1,
+        steps=1,
+        levels=levels,
+    )
     return results, {"W": W, "b_final": b_final}
 
 
@@ -138,7 +137,7 @@ PHASE_W = {
 
 def phase_run(
     wrong: set[tuple[float, float]] = frozenset(), nan_cells: set[tuple[float, float]] = frozenset()
-) -> tuple[dict, dict[str, torch.Tensor]]:
+) -> tuple[RunResults, dict[str, torch.Tensor]]:
     """2 -> 1 over R_GRID × P_GRID, every cell the analytic phase's W except the `wrong` cells,
     which hold the next phase of geometry.PHASES."""
     Ws, levels = [], []
@@ -151,10 +150,10 @@ def phase_run(
             levels.append((r, p))
     nan_levels = tuple(i for i, cell in enumerate(levels) if cell in nan_cells)
     results, weights = identity_run(Ws, [p for _, p in levels], nan_levels)
-    for level, (r, _) in zip(results["levels"], levels, strict=True):
-        level["relative_importance"] = r
-    results["relative_importance"] = list(R_GRID)
-    results["feature_probability"] = list(P_GRID)
+    for level, (r, _) in zip(results.levels, levels, strict=True):
+        level.relative_importance = r
+    results.relative_importance = list(R_GRID)
+    results.feature_probability = list(P_GRID)
     return results, weights
 
 
@@ -162,12 +161,12 @@ def clear_cells() -> list[tuple[float, float]]:
     return [(r, p) for r in R_GRID for p in P_GRID if geometry.clear_of_boundary(r, p)]
 
 
-def test_phase_grid_classifies_every_cell_and_matches_phase_agreement():
+def test_classify_phase_cells_classifies_every_cell_and_matches_phase_agreement():
     results, weights = phase_run()
-    grid = verdicts.phase_grid(results, weights)
+    cells = verdicts.classify_phase_cells(results, weights)
     expected = [[geometry.analytic_phase(r, p) for p in P_GRID] for r in R_GRID]
-    assert grid.classes == expected
-    assert verdicts.grid_agreement(grid) == geometry.phase_agreement(expected, R_GRID, P_GRID)
+    assert (cells.r_values, cells.p_values, cells.classes) == (R_GRID, P_GRID, expected)
+    assert verdicts.grid_agreement(cells) == geometry.phase_agreement(expected, R_GRID, P_GRID)
 
 
 def test_analytic_phase_grid_passes():
@@ -276,9 +275,9 @@ def test_dimensionality_fails_off_sticky_values_and_rising_curve():
 # ---------------------------------------------------------------------- monosemantic neurons
 
 
-def with_fractions(results: dict, fractions: list[float | None]) -> dict:
-    for level, fraction in zip(results["levels"], fractions, strict=True):
-        level["metrics"] = {"monosemantic_fraction": fraction}
+def with_fractions(results: RunResults, fractions: list[float | None]) -> RunResults:
+    for level, fraction in zip(results.levels, fractions, strict=True):
+        level.metrics = {"monosemantic_fraction": fraction}
     return results
 
 
@@ -317,22 +316,21 @@ def neuron_weights(one_sign: set[int]) -> dict[str, torch.Tensor]:
     return {"W1": W1.expand(n, -1, -1), "W2": W2.expand(n, -1, -1), "b_final": torch.zeros(n, f)}
 
 
-def neuron_run(one_sign: set[int], fractions: list[float | None]) -> tuple[dict, dict]:
+def neuron_run(one_sign: set[int], fractions: list[float | None]) -> tuple[RunResults, dict]:
     """The run's results with the exact loss of those weights: a feature computed for one sign
     only loses E[x² ; x < 0] = p/6 (x uniform on [-1, 1] when active), one computed exactly 0."""
     importance = [0.8**i for i in range(NEURON_FEATURES)]
     levels = [
-        {
-            "feature_probability": p,
-            "importance": importance,
-            "relative_importance": None,
-            "best_restart": 0,
-            "eval_loss": sum(importance[i] * p / 6 for i in one_sign) / NEURON_FEATURES,
-            "metrics": {"monosemantic_fraction": fraction},
-        }
+        LevelResult(
+            feature_probability=p,
+            importance=importance,
+            best_restart=0,
+            eval_loss=sum(importance[i] * p / 6 for i in one_sign) / NEURON_FEATURES,
+            metrics={"monosemantic_fraction": fraction},
+        )
         for p, fraction in zip(NEURON_P, fractions, strict=True)
     ]
-    results = {"task": "abs", "n_features": NEURON_FEATURES, "d_hidden": 24, "levels": levels}
+    results = abs_results(NEURON_FEATURES, 24, levels)
     return results, neuron_weights(one_sign)
 
 
@@ -390,10 +388,20 @@ def test_neuron_computation_names_a_one_sign_feature_and_keeps_the_fraction_boun
 # ------------------------------------------------------------------------------ neuron motifs
 
 
-def abs_run(W1: torch.Tensor, W2: torch.Tensor, p: float) -> tuple[dict, dict[str, torch.Tensor]]:
+def abs_results(n_features: int, d_hidden: int, levels: list[LevelResult]) -> RunResults:
+    return RunResults(
+        task="abs", n_features=n_features, d_hidden=d_hidden, restarts=1, steps=1, levels=levels
+    )
+
+
+def abs_run(
+    W1: torch.Tensor, W2: torch.Tensor, p: float
+) -> tuple[RunResults, dict[str, torch.Tensor]]:
     n_hidden, n_features = W1.shape
-    level = {"feature_probability": p, "relative_importance": None, "best_restart": 0}
-    results = {"task": "abs", "n_features": n_features, "d_hidden": n_hidden, "levels": [level]}
+    level = LevelResult(
+        feature_probability=p, importance=[1.0] * n_features, best_restart=0, eval_loss=0.01
+    )
+    results = abs_results(n_features, n_hidden, [level])
     weights = {
         "W1": W1[None].float(),
         "W2": W2[None].float(),

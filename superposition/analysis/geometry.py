@@ -2,8 +2,9 @@
 
 Everything works on a single level's tensors (the functions named *_per_level, and
 dimensionality_summary, also take the level axis first), so a notebook can call them on
-hand-built weights or on load_run(out_dir). W is (hidden, feature) as in metrics.py: column i is
-feature i's direction, row h is neuron h's exposure to every feature. All arithmetic is float64.
+hand-built weights or on store.results.load_run(out_dir).features. W is (hidden, feature) as in
+metrics.py: column i is feature i's direction, row h is neuron h's exposure to every feature. All
+arithmetic is float64.
 
 Geometry (a 2-D hidden space, W of shape (2, feature)):
 - a feature is represented when ‖W_i‖ > REPRESENTED_NORM (metrics.py);
@@ -58,14 +59,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, NamedTuple
 
 import torch
 from torch import Tensor
 
 from superposition.analysis import metrics
-from superposition.store.files import WEIGHTS, read_results, read_tensors
 
 POLYGON_TOLERANCE_DEG = 5.0
 ANTIPODAL_TOLERANCE_DEG = 10.0
@@ -368,22 +367,3 @@ def important_feature_count(d_hidden: int) -> int:
 def important_features(importance: Sequence[float], count: int) -> list[int]:
     """The `count` most important features (ties: the lower index first)."""
     return sorted(range(len(importance)), key=lambda i: (-importance[i], i))[:count]
-
-
-# -------------------------------------------------------------------------------------- files
-
-
-class Run(NamedTuple):
-    results: dict
-    weights: dict[str, Tensor]
-
-    @property
-    def features(self) -> Annotated[Tensor, "level hidden feature"]:
-        """W (identity) or W1 (abs), float64; a level no restart kept finite is all NaN."""
-        return metrics.feature_matrix(self.results["task"], self.weights).double()
-
-
-def load_run(out_dir: Path | str) -> Run:
-    """results.json and weights.safetensors of a finished run's output directory."""
-    out_dir = Path(out_dir)
-    return Run(read_results(out_dir), read_tensors(out_dir / WEIGHTS))

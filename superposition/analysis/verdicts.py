@@ -1,11 +1,11 @@
 """Each preset's verdict: does the run reproduce what the paper (or the course) reports?
 
-judge(preset, results, weights) reads a finished run (results.json and weights.safetensors, the
-level axis first) and returns a Report: a list of Checks, each an expectation, what was measured
-and whether it holds; the run passes when every check does. write_report saves it as report.md
-and Report.summary() flattens it for the W&B summary. A level whose best_restart is null, or
-whose weights are not all finite, is skipped and named in the report's notes; a check that needs
-that very level fails and says why.
+judge(preset, results, weights) reads a finished run (store.results.RunResults and
+weights.safetensors, the level axis first) and returns a Report: a list of Checks, each an
+expectation, what was measured and whether it holds; the run passes when every check does.
+write_report saves it as report.md and Report.summary() flattens it for the W&B summary. A level
+whose best_restart is null, or whose weights are not all finite, is skipped and named in the
+report's notes; a check that needs that very level fails and says why.
 
 The checks and their thresholds (the geometry, phase and neuron rules are geometry.py's):
 - intro_pentagon (identity 5 -> 2, paper "Demonstrating superposition"): at the densest level
@@ -35,7 +35,7 @@ The checks and their thresholds (the geometry, phase and neuron rules are geomet
   computed by an antipodal neuron pair (geometry.antipodal_neuron_pairs).
 - asymmetric_motif (abs 10 -> 10): at every level at least ASYMMETRIC_MIN_NEURONS neurons show
   asymmetric superposition (geometry.asymmetric_neurons).
-- correlated / anticorrelated (identity, results["data"]): pairs are features (0, 1), (2, 3), ...;
+- correlated / anticorrelated (identity, results.data): pairs are features (0, 1), (2, 3), ...;
   the correlated_pairs correlated ones come first, the anticorrelated ones follow. At every level
   each pair of the preset's kind whose two features are both represented must be orthogonal
   (correlated) or antipodal (anticorrelated), and at least one such pair must be; in a 2-D
@@ -57,6 +57,7 @@ from torch import Tensor
 
 from superposition.analysis import geometry, metrics
 from superposition.store.files import write_atomically
+from superposition.store.results import RunResults
 
 REPORT = "report.md"
 
@@ -202,24 +203,24 @@ def _finite(weights: dict[str, Tensor], index: int) -> bool:
     return all(bool(torch.isfinite(v[index]).all()) for v in weights.values())
 
 
-def levels_of(results: dict, weights: dict[str, Tensor]) -> list[Level]:
+def levels_of(results: RunResults, weights: dict[str, Tensor]) -> list[Level]:
     """The run's levels in grid order, float64, with W = W2 = None where skipped."""
-    W_all = metrics.feature_matrix(results["task"], weights)
+    W_all = metrics.feature_matrix(results.task, weights)
     W2_all = weights.get("W2")
     levels = []
-    for index, row in enumerate(results["levels"]):
-        kept = row.get("best_restart") is not None and _finite(weights, index)
+    for index, row in enumerate(results.levels):
+        kept = row.best_restart is not None and _finite(weights, index)
         levels.append(
             Level(
                 index=index,
-                p=float(row["feature_probability"]),
-                r=row.get("relative_importance"),
+                p=float(row.feature_probability),
+                r=row.relative_importance,
                 W=W_all[index].double() if kept else None,
                 W2=W2_all[index].double() if kept and W2_all is not None else None,
-                metrics=row.get("metrics") or {},
+                metrics=row.metrics,
                 params={k: v[index].double() for k, v in weights.items()} if kept else None,
-                eval_loss=row.get("eval_loss"),
-                importance=row.get("importance"),
+                eval_loss=row.eval_loss,
+                importance=row.importance,
             )
         )
     return levels
@@ -302,60 +303,50 @@ def _sparse_polygon(levels: Sequence[Level], n_features: int) -> Check:
     return Check(name, expected, measured, passed, value=_worst_gap_error(polygons, target))
 
 
-def _judge_intro_pentagon(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
-    if results["d_hidden"] != 2:
-        measured = f"d_hidden = {results['d_hidden']}"
+def _judge_intro_pentagon(
+    results: RunResults, levels: list[Level]
+) -> tuple[list[Check], list[str]]:
+    if results.d_hidden != 2:
+        measured = f"d_hidden = {results.d_hidden}"
         return [Check("hidden_plane", "d_hidden = 2", measured, False)], []
     checks = [_dense_orthogonal_pair(_densest(levels))]
-    checks.append(_sparse_polygon(levels, results["n_features"]))
+    checks.append(_sparse_polygon(levels, results.n_features))
     return checks, []
 
 
 # ------------------------------------------------------------------------------ phase diagram
 
 
-class PhaseGrid(NamedTuple):
+class PhaseCells(NamedTuple):
     r_values: list[float]
     p_values: list[float]
     classes: list[list[str | None]]  # [r index][p index]; None where the cell was skipped
 
 
-def _phase_axes(results: dict) -> tuple[list[float], list[float]]:
-    """(r values, p values) of a phase sweep; ValueError when results hold no such grid."""
-    r_values = [float(r) for r in results.get("relative_importance") or []]
-    p_values = [float(p) for p in results.get("feature_probability") or []]
-    if not r_values or not p_values:
-        raise ValueError("results hold no relative_importance × feature_probability grid")
-    if len(r_values) * len(p_values) != len(results["levels"]):
-        raise ValueError(
-            f"{len(r_values)} r × {len(p_values)} p values do not match "
-            f"{len(results['levels'])} levels"
-        )
-    return r_values, p_values
-
-
-def _phase_grid(results: dict, levels: Sequence[Level]) -> PhaseGrid:
-    r_values, p_values = _phase_axes(results)
+def _classify_cells(results: RunResults, levels: Sequence[Level]) -> PhaseCells:
+    r_values, p_values = results.phase_axes()
     classes = [
-        [
-            None if lv.skipped else geometry.classify_cell(lv.W)
-            for lv in levels[a * len(p_values) : (a + 1) * len(p_values)]
-        ]
+        [_cell_class(levels[results.level_at(a, b)]) for b in range(len(p_values))]
         for a in range(len(r_values))
     ]
-    return PhaseGrid(r_values, p_values, classes)
+    return PhaseCells(r_values, p_values, classes)
 
 
-def phase_grid(results: dict, weights: dict[str, Tensor]) -> PhaseGrid:
-    """The class of every cell of a phase sweep (level = r index · len(p) + p index)."""
-    return _phase_grid(results, levels_of(results, weights))
+def _cell_class(level: Level) -> str | None:
+    return None if level.skipped else geometry.classify_cell(level.W)
 
 
-def grid_agreement(grid: PhaseGrid, margin: float = geometry.PHASE_MARGIN) -> geometry.Agreement:
+def classify_phase_cells(results: RunResults, weights: dict[str, Tensor]) -> PhaseCells:
+    """The class of every cell of a phase sweep (laid out as RunResults.level_at says); ValueError
+    when the results hold no phase sweep."""
+    return _classify_cells(results, levels_of(results, weights))
+
+
+def grid_agreement(cells: PhaseCells, margin: float = geometry.PHASE_MARGIN) -> geometry.Agreement:
     """geometry.phase_agreement over the cells that were not skipped."""
     agree = considered = 0
-    for r, row in zip(grid.r_values, grid.classes, strict=True):
-        for s, cls in zip(grid.p_values, row, strict=True):
+    for r, row in zip(cells.r_values, cells.classes, strict=True):
+        for s, cls in zip(cells.p_values, row, strict=True):
             if cls is not None and geometry.clear_of_boundary(r, s, margin):
                 considered += 1
                 agree += cls == geometry.analytic_phase(r, s)
@@ -383,24 +374,24 @@ _PHASE_LETTER = {
 }
 
 
-def _phase_notes(grid: PhaseGrid) -> list[str]:
-    cells = [cls for row in grid.classes for cls in row if cls is not None]
-    counts = ", ".join(f"{phase} {cells.count(phase)}" for phase in geometry.PHASES)
-    p_axis = " ".join(f"{p:g}" for p in grid.p_values)
+def _phase_notes(cells: PhaseCells) -> list[str]:
+    found_classes = [cls for row in cells.classes for cls in row if cls is not None]
+    counts = ", ".join(f"{phase} {found_classes.count(phase)}" for phase in geometry.PHASES)
+    p_axis = " ".join(f"{p:g}" for p in cells.p_values)
     notes = [f"cells by class: {counts}", f"rows by r, columns p = {p_axis} (N/D/S, · skipped):"]
-    for r, row in zip(grid.r_values, grid.classes, strict=True):
+    for r, row in zip(cells.r_values, cells.classes, strict=True):
         found = " ".join("·" if cls is None else _PHASE_LETTER[cls] for cls in row)
-        theory = " ".join(_PHASE_LETTER[geometry.analytic_phase(r, p)] for p in grid.p_values)
+        theory = " ".join(_PHASE_LETTER[geometry.analytic_phase(r, p)] for p in cells.p_values)
         notes.append(f"r = {r:g}: `{found}` (analytic `{theory}`)")
     return notes
 
 
-def _judge_phase_diagram(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_phase_diagram(results: RunResults, levels: list[Level]) -> tuple[list[Check], list[str]]:
     try:
-        grid = _phase_grid(results, levels)
+        cells = _classify_cells(results, levels)
     except ValueError as error:
         return [Check("phase_grid", "an r × p grid in results", str(error), False)], []
-    return [_agreement_check(grid_agreement(grid))], _phase_notes(grid)
+    return [_agreement_check(grid_agreement(cells))], _phase_notes(cells)
 
 
 # ----------------------------------------------------------------------------- dimensionality
@@ -491,7 +482,9 @@ def _dimensionality_note(level: Level) -> str:
     return f"{level.label}: {D.numel()} represented, d/feature {per_text}; sticky shares {shares}"
 
 
-def _judge_dimensionality(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_dimensionality(
+    results: RunResults, levels: list[Level]
+) -> tuple[list[Check], list[str]]:
     checks = [_sticky_in_superposition(levels), _dimensions_fall(levels)]
     return checks, [_dimensionality_note(lv) for lv in _kept(levels)]
 
@@ -525,7 +518,9 @@ def _fractions_note(levels: Sequence[Level]) -> str:
     return f"monosemantic fraction per level: {text}"
 
 
-def _judge_privileged_basis(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_privileged_basis(
+    results: RunResults, levels: list[Level]
+) -> tuple[list[Check], list[str]]:
     dense, sparse = _densest(levels), _sparsest(levels)
     dense_fraction = _monosemantic(dense)
     below = None if dense_fraction is None else (lambda f: f < dense_fraction)
@@ -607,7 +602,9 @@ def _baselines_note(levels: Sequence[Level], d_hidden: int) -> str:
     )
 
 
-def _judge_neuron_computation(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_neuron_computation(
+    results: RunResults, levels: list[Level]
+) -> tuple[list[Check], list[str]]:
     checks = [
         _fraction_check(
             "dense_monosemantic",
@@ -624,7 +621,7 @@ def _judge_neuron_computation(results: dict, levels: list[Level]) -> tuple[list[
         _both_signs_check(levels),
         _loss_check(levels),
     ]
-    return checks, [_fractions_note(levels), _baselines_note(levels, results["d_hidden"])]
+    return checks, [_fractions_note(levels), _baselines_note(levels, results.d_hidden)]
 
 
 # ------------------------------------------------------------------------------ neuron motifs
@@ -636,7 +633,9 @@ def _antipodal_text(level: Level, features: list[int]) -> str:
     return f"{level.label}: {len(features)} of {n_represented} represented features ({listed})"
 
 
-def _judge_antipodal_neurons(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_antipodal_neurons(
+    results: RunResults, levels: list[Level]
+) -> tuple[list[Check], list[str]]:
     name = "antipodal_neuron_pairs"
     expected = f"at every level ≥ {ANTIPODAL_MIN_FEATURES} features computed by an antipodal pair"
     kept = [lv for lv in _kept(levels) if lv.W2 is not None]
@@ -657,7 +656,9 @@ def _motif_text(motif: tuple[int, int, int, float]) -> str:
     return f"neuron {neuron}: feature {big} ≈ {ratio:.1f} × feature {small}"
 
 
-def _judge_asymmetric_motif(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_asymmetric_motif(
+    results: RunResults, levels: list[Level]
+) -> tuple[list[Check], list[str]]:
     name = "asymmetric_neurons"
     expected = (
         f"at every level ≥ {ASYMMETRIC_MIN_NEURONS} neuron reading two features, one "
@@ -679,11 +680,10 @@ def _judge_asymmetric_motif(results: dict, levels: list[Level]) -> tuple[list[Ch
 # ------------------------------------------------------------------------- correlated pairs
 
 
-def feature_pairs(results: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def feature_pairs(results: RunResults) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(correlated pairs, anticorrelated pairs): (0, 1), (2, 3), ... in that order."""
-    data = results.get("data") or {}
-    n_correlated = int(data.get("correlated_pairs") or 0)
-    n_anti = int(data.get("anticorrelated_pairs") or 0)
+    n_correlated = results.data.correlated_pairs
+    n_anti = results.data.anticorrelated_pairs
     pairs = [(2 * k, 2 * k + 1) for k in range(n_correlated + n_anti)]
     return pairs[:n_correlated], pairs[n_correlated:]
 
@@ -753,12 +753,14 @@ def _pair_check(
     return Check(name, expected, measured, passed, value=share)
 
 
-def _judge_correlated(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_correlated(results: RunResults, levels: list[Level]) -> tuple[list[Check], list[str]]:
     correlated, _ = feature_pairs(results)
     return [_pair_check("correlated_pairs_orthogonal", levels, correlated, ORTHOGONAL)], []
 
 
-def _judge_anticorrelated(results: dict, levels: list[Level]) -> tuple[list[Check], list[str]]:
+def _judge_anticorrelated(
+    results: RunResults, levels: list[Level]
+) -> tuple[list[Check], list[str]]:
     _, anticorrelated = feature_pairs(results)
     return [_pair_check("anticorrelated_pairs_antipodal", levels, anticorrelated, ANTIPODAL)], []
 
@@ -769,7 +771,7 @@ def _judge_anticorrelated(results: dict, levels: list[Level]) -> tuple[list[Chec
 class _Preset(NamedTuple):
     title: str
     shows: str
-    judge: Callable[[dict, list[Level]], tuple[list[Check], list[str]]]
+    judge: Callable[[RunResults, list[Level]], tuple[list[Check], list[str]]]
 
 
 _PRESETS: dict[str, _Preset] = {
@@ -823,7 +825,7 @@ _PRESETS: dict[str, _Preset] = {
 PRESETS = tuple(_PRESETS)
 
 
-def judge(preset: str, results: dict, weights: dict[str, Tensor]) -> Report:
+def judge(preset: str, results: RunResults, weights: dict[str, Tensor]) -> Report:
     """The verdict of `preset` on a finished run (results.json, weights.safetensors)."""
     if preset not in _PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")

@@ -8,12 +8,12 @@ reported in one line, `error: ...`, with exit status 2, and nothing is written.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from superposition.figures.run_figures import draw_all
 from superposition.store.files import RESULTS, WEIGHTS
+from superposition.store.results import ResultsError, read_results
 
 EXPECTED = f"the output directory of a finished run, holding {RESULTS} and {WEIGHTS}"
 
@@ -28,7 +28,9 @@ def check_run_dir(out_dir: Path) -> str | None:
         if not (out_dir / name).is_file():
             return f"{out_dir / name} is missing; expected {EXPECTED}"
     try:
-        json.loads((out_dir / RESULTS).read_text())
+        read_results(out_dir)
+    except ResultsError as err:
+        return f"{err}; expected {EXPECTED}"
     except (OSError, ValueError) as err:
         return f"{out_dir / RESULTS} is not readable JSON ({err}); expected {EXPECTED}"
     return None

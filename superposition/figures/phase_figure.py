@@ -1,8 +1,8 @@
 """The paper's phase diagram of a phase sweep (identity 2 -> 1 or 3 -> 2), as a static PNG.
 
 x is the feature probability p, y the extra feature's relative importance r, both on log axes;
-each grid cell is filled with the class of its trained weights (verdicts.phase_grid), a cell
-without finite weights is left blank, and a cell clear of the boundaries whose class is not the
+each grid cell is filled with the class of its trained weights (verdicts.classify_phase_cells), a
+cell without finite weights is left blank, and a cell clear of the boundaries whose class is not the
 analytic phase is crossed out. The analytic boundaries are drawn on top: s*(r) (superposition
 wins to its left) and, right of s*(1) = 4/7, the line r = 1 between "not represented" (below) and
 "dedicated" (above). Drawn like plots.py: a plain Agg Figure of a fixed size under plots.STYLE,
@@ -23,8 +23,9 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from superposition.analysis import geometry
-from superposition.analysis.verdicts import PhaseGrid, grid_agreement, phase_grid
+from superposition.analysis.verdicts import PhaseCells, classify_phase_cells, grid_agreement
 from superposition.figures import run_figures as plots
+from superposition.store.results import RunResults
 
 SIZE = (7.0, 5.0)  # inches, multiples of 1/4 like plots.py's
 PHASE_COLORS = {
@@ -50,23 +51,23 @@ def _log_edges(values: list[float]) -> Annotated[np.ndarray, "cell+1"]:
     return np.exp(np.concatenate([[first], mids, [last]]))
 
 
-def _class_codes(grid: PhaseGrid) -> Annotated[np.ma.MaskedArray, "r p"]:
+def _class_codes(cells: PhaseCells) -> Annotated[np.ma.MaskedArray, "r p"]:
     """Rows by increasing r, columns by increasing p: the index of the class in
     geometry.PHASES, masked where the cell was skipped."""
-    r_order, p_order = np.argsort(grid.r_values), np.argsort(grid.p_values)
+    r_order, p_order = np.argsort(cells.r_values), np.argsort(cells.p_values)
     codes = np.full((len(r_order), len(p_order)), -1)
     for i, a in enumerate(r_order):
         for j, b in enumerate(p_order):
-            cls = grid.classes[a][b]
+            cls = cells.classes[a][b]
             codes[i, j] = -1 if cls is None else geometry.PHASES.index(cls)
     return np.ma.masked_less(codes, 0)
 
 
-def _disagreements(grid: PhaseGrid) -> tuple[list[float], list[float]]:
+def _disagreements(cells: PhaseCells) -> tuple[list[float], list[float]]:
     """(p, r) of the cells clear of the boundaries whose class is not the analytic phase."""
     xs, ys = [], []
-    for r, row in zip(grid.r_values, grid.classes, strict=True):
-        for p, cls in zip(grid.p_values, row, strict=True):
+    for r, row in zip(cells.r_values, cells.classes, strict=True):
+        for p, cls in zip(cells.p_values, row, strict=True):
             clear = geometry.clear_of_boundary(r, p)
             if cls is not None and clear and cls != geometry.analytic_phase(r, p):
                 xs.append(p)
@@ -82,26 +83,26 @@ def _draw_boundaries(ax, r_edges: np.ndarray, p_edges: np.ndarray) -> None:
         ax.plot([geometry.phase_boundary(1.0), p_edges[-1]], [1, 1], color="black", linewidth=1.5)
 
 
-def _title(grid: PhaseGrid, results: dict) -> str:
-    fraction, n_cells = grid_agreement(grid)
-    shape = f"identity {results['n_features']} → {results['d_hidden']}"
+def _title(cells: PhaseCells, results: RunResults) -> str:
+    fraction, n_cells = grid_agreement(cells)
+    shape = f"identity {results.n_features} → {results.d_hidden}"
     if fraction is None:
         return f"phase diagram — {shape}: no cell clear of the boundaries"
     return f"phase diagram — {shape}: {fraction:.0%} of {n_cells} clear cells agree with theory"
 
 
-def phase_figure(grid: PhaseGrid, results: dict) -> Figure:
+def phase_figure(cells: PhaseCells, results: RunResults) -> Figure:
     fig = plots._figure(*SIZE)
     margins = plots.Margins(left=0.7, right=2.2, top=0.5, bottom=0.55)
     ax = plots._axes_grid(fig, 1, 1, margins)[0, 0]
-    p_edges = _log_edges(sorted(grid.p_values))
-    r_edges = _log_edges(sorted(grid.r_values))
+    p_edges = _log_edges(sorted(cells.p_values))
+    r_edges = _log_edges(sorted(cells.r_values))
     colors = [PHASE_COLORS[phase] for phase in geometry.PHASES]
     cmap = ListedColormap(colors).with_extremes(bad=(1.0, 1.0, 1.0, 0.0))
-    codes = _class_codes(grid)
+    codes = _class_codes(cells)
     ax.pcolormesh(p_edges, r_edges, codes, cmap=cmap, vmin=-0.5, vmax=len(geometry.PHASES) - 0.5)
     _draw_boundaries(ax, r_edges, p_edges)
-    xs, ys = _disagreements(grid)
+    xs, ys = _disagreements(cells)
     ax.scatter(xs, ys, marker="x", color="black", s=30, linewidths=1.0, zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -117,12 +118,12 @@ def phase_figure(grid: PhaseGrid, results: dict) -> Figure:
         Line2D([], [], marker="x", color="black", linestyle="none", label="disagrees with theory")
     )
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False)
-    plots._suptitle(fig, _title(grid, results))
+    plots._suptitle(fig, _title(cells, results))
     return fig
 
 
-def draw_phase_diagram(results: dict, weights: dict[str, Tensor], path: Path | str) -> Path:
+def draw_phase_diagram(results: RunResults, weights: dict[str, Tensor], path: Path | str) -> Path:
     """Draw the phase diagram of a phase sweep into `path` (a PNG); return the path."""
-    grid = phase_grid(results, weights)
+    cells = classify_phase_cells(results, weights)
     with matplotlib.style.context(["default", plots.STYLE]):
-        return plots.save_png(phase_figure(grid, results), Path(path))
+        return plots.save_png(phase_figure(cells, results), Path(path))

@@ -42,7 +42,8 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from superposition.analysis import metrics
-from superposition.store.files import HISTORY, WEIGHTS, read_results, read_tensors, write_atomically
+from superposition.store.files import write_atomically
+from superposition.store.results import Run, load_run
 
 PLOTS_DIR = "plots"
 DPI = 100
@@ -76,64 +77,43 @@ STYLE = {
 }
 
 
-@dataclass
-class RunData:
-    """What a job wrote: results.json, the selected weights and (when present) the loss record."""
-
-    results: dict
-    weights: dict[str, Tensor]
-    history: dict[str, Tensor] | None = None
-
-    @property
-    def task(self) -> str:
-        return self.results["task"]
-
-    @property
-    def levels(self) -> list[dict]:
-        return self.results["levels"]
-
-    @property
-    def n_levels(self) -> int:
-        return len(self.levels)
-
-    @property
-    def privileged(self) -> bool:
-        return metrics.has_privileged_basis(self.task, self.results.get("hidden_relu", False))
-
-    def features(self) -> Annotated[np.ndarray, "level hidden feature"]:
-        return metrics.feature_matrix(self.task, self.weights).double().numpy()
-
-    def feature_tensor(self, level: int) -> Annotated[Tensor, "hidden feature"]:
-        return metrics.feature_matrix(self.task, self.weights)[level]
-
-    def finite(self) -> list[bool]:
-        """Per level: did some restart stay finite (else its weights are NaN)."""
-        return [
-            bool(all(np.isfinite(v[level].numpy()).all() for v in self.weights.values()))
-            for level in range(self.n_levels)
-        ]
-
-    def one_sign_features(self, level: int) -> Annotated[np.ndarray, "feature"]:
-        """abs: True for the features computed for one sign of x only (metrics.sign_counts)."""
-        weights = {k: v[level] for k, v in self.weights.items()}
-        computed = metrics.computed_fraction(weights) >= metrics.COMPUTED_SHARE
-        return (computed.any(dim=-2) & ~computed.all(dim=-2)).numpy()
-
-    def importance(self) -> Annotated[np.ndarray, "level feature"]:
-        return np.array([lv["importance"] for lv in self.levels], dtype=float)
-
-    def probability(self) -> list[float]:
-        return [lv["feature_probability"] for lv in self.levels]
+# Figures draw a store.results.Run: results.json, the selected weights (level axis first) and,
+# when present, the loss record. What they need of it beyond its fields:
 
 
-def load_run(out_dir: Path) -> RunData:
-    out_dir = Path(out_dir)
-    history_path = out_dir / HISTORY
-    return RunData(
-        results=read_results(out_dir),
-        weights=read_tensors(out_dir / WEIGHTS),
-        history=read_tensors(history_path) if history_path.exists() else None,
-    )
+def privileged(run: Run) -> bool:
+    return metrics.has_privileged_basis(run.task, run.results.hidden_relu)
+
+
+def feature_array(run: Run) -> Annotated[np.ndarray, "level hidden feature"]:
+    return run.features.numpy()
+
+
+def feature_tensor(run: Run, level: int) -> Annotated[Tensor, "hidden feature"]:
+    return metrics.feature_matrix(run.task, run.weights)[level]
+
+
+def finite_levels(run: Run) -> list[bool]:
+    """Per level: did some restart stay finite (else its weights are NaN)."""
+    return [
+        bool(all(np.isfinite(v[level].numpy()).all() for v in run.weights.values()))
+        for level in range(run.n_levels)
+    ]
+
+
+def one_sign_features(run: Run, level: int) -> Annotated[np.ndarray, "feature"]:
+    """abs: True for the features computed for one sign of x only (metrics.sign_counts)."""
+    weights = {k: v[level] for k, v in run.weights.items()}
+    computed = metrics.computed_fraction(weights) >= metrics.COMPUTED_SHARE
+    return (computed.any(dim=-2) & ~computed.all(dim=-2)).numpy()
+
+
+def importance_matrix(run: Run) -> Annotated[np.ndarray, "level feature"]:
+    return np.array([lv.importance for lv in run.levels], dtype=float)
+
+
+def probabilities(run: Run) -> list[float]:
+    return [lv.feature_probability for lv in run.levels]
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -196,10 +176,10 @@ def _suptitle(fig: Figure, text: str) -> None:
     fig.suptitle(text, y=1 - 0.08 / height, va="top")
 
 
-def _header(run: RunData, what: str) -> str:
+def _header(run: Run, what: str) -> str:
     r = run.results
-    relu = ", hidden ReLU" if r.get("hidden_relu") and run.task == "identity" else ""
-    return f"{what} — {run.task}: n_features={r['n_features']}, d_hidden={r['d_hidden']}{relu}"
+    relu = ", hidden ReLU" if r.hidden_relu and run.task == "identity" else ""
+    return f"{what} — {run.task}: n_features={r.n_features}, d_hidden={r.d_hidden}{relu}"
 
 
 def _level_title(p: float) -> str:
@@ -213,8 +193,8 @@ def _blank(ax, p: float, title: bool = True) -> None:
     ax.set_axis_off()  # not set_yticks([]): that would clear the ticks of a shared row
 
 
-def _importance_norm(run: RunData) -> Normalize:
-    importance = run.importance()
+def _importance_norm(run: Run) -> Normalize:
+    importance = importance_matrix(run)
     return Normalize(vmin=float(importance.min()), vmax=float(importance.max()))
 
 
@@ -287,18 +267,18 @@ def _stacked_bars(
 # --------------------------------------------------------------------------------------- figures
 
 
-def features_2d_figure(run: RunData) -> Figure:
+def features_2d_figure(run: Run) -> Figure:
     """The course's pentagon picture: each feature a line from the origin to its column."""
-    W = run.features()
+    W = feature_array(run)
     n_levels = run.n_levels
     fig = _figure(_levels_width(n_levels), PANEL + HEADER)
     axes = _axes_grid(fig, 1, n_levels, Margins(left=0.45, bottom=0.35, wgap=0.35))[0]
     cmap, norm = matplotlib.colormaps["viridis"], _importance_norm(run)
-    finite = run.finite()
+    finite = finite_levels(run)
     norms = [np.linalg.norm(W[lv], axis=0).max() for lv in range(n_levels) if finite[lv]]
     lim = max([1.0, *[1.15 * n for n in norms]])
-    importance = run.importance()
-    for level, (ax, p) in enumerate(zip(axes, run.probability(), strict=True)):
+    importance = importance_matrix(run)
+    for level, (ax, p) in enumerate(zip(axes, probabilities(run), strict=True)):
         if not finite[level]:
             _blank(ax, p)
             continue
@@ -323,7 +303,7 @@ def features_2d_figure(run: RunData) -> Figure:
     return fig
 
 
-def wtw_figure(run: RunData) -> Figure:
+def wtw_figure(run: Run) -> Figure:
     """identity: WᵀW (feature × feature); abs: W1 and W2ᵀ (neuron × feature). One colour scale
     per row, symmetric about 0 and shared by the levels."""
     n_levels = run.n_levels
@@ -335,17 +315,17 @@ def wtw_figure(run: RunData) -> Figure:
         ]
         row_height, aspect = MATRIX_ROW, "auto"
     else:
-        W = run.features()
+        W = feature_array(run)
         rows = [(r"W$^\top$W", W.transpose(0, 2, 1) @ W, "feature")]
         row_height, aspect = PANEL, "equal"
     fig = _figure(_levels_width(n_levels), len(rows) * row_height + HEADER)
     axes = _axes_grid(fig, len(rows), n_levels, Margins(left=0.65, wgap=0.45, hgap=0.45))
-    finite = run.finite()
+    finite = finite_levels(run)
     cmap = matplotlib.colormaps["RdBu"]
     for r, (name, matrices, ylabel) in enumerate(rows):
         limit = _symmetric_limit([matrices[lv] for lv in range(n_levels) if finite[lv]])
         norm = Normalize(vmin=-limit, vmax=limit)
-        for level, p in enumerate(run.probability()):
+        for level, p in enumerate(probabilities(run)):
             ax = axes[r, level]
             if not finite[level]:
                 _blank(ax, p, title=r == 0)
@@ -373,15 +353,15 @@ def _stack_limits(matrices: list[np.ndarray]) -> tuple[float, float]:
     return low - pad, high + pad
 
 
-def neurons_figure(run: RunData) -> Figure:
+def neurons_figure(run: Run) -> Figure:
     """Per-neuron stacked exposure bars (rows of W, or W1), coloured by each feature's
     interference; abs adds W1 and W2ᵀ coloured by feature, to follow a feature in and out."""
     n_levels = run.n_levels
-    W = run.features()
+    W = feature_array(run)
     n_features = W.shape[-1]
-    finite = run.finite()
+    finite = finite_levels(run)
     live = [lv for lv in range(n_levels) if finite[lv]]
-    interference = {lv: metrics.interference(run.feature_tensor(lv)).numpy() for lv in live}
+    interference = {lv: metrics.interference(feature_tensor(run, lv)).numpy() for lv in live}
     interference_cmap = matplotlib.colormaps["viridis"]
     # interference grows with the other features' norms (W1 of abs is not unit-scaled): the scale
     # is shared by the levels and reaches at least 1
@@ -404,12 +384,12 @@ def neurons_figure(run: RunData) -> Figure:
         W2t = run.weights["W2"].double().numpy().transpose(0, 2, 1)
         rows.append(("W1 exposure\n(by feature)", W, lambda lv: by_feature, True))
         rows.append(("W2$^\\top$ exposure\n(by feature)", W2t, lambda lv: by_feature, True))
-        one_sign = {lv: run.one_sign_features(lv) for lv in live}
+        one_sign = {lv: one_sign_features(run, lv) for lv in live}
     fig = _figure(_levels_width(n_levels), len(rows) * BAR_ROW + HEADER)
     margins = Margins(left=0.75, wgap=0.25, hgap=0.45)
     axes = _axes_grid(fig, len(rows), n_levels, margins, sharey="row")
     for r, (label, matrices, colors_of, mark_signs) in enumerate(rows):
-        for level, p in enumerate(run.probability()):
+        for level, p in enumerate(probabilities(run)):
             ax = axes[r, level]
             if not finite[level]:
                 _blank(ax, p, title=r == 0)
@@ -446,18 +426,18 @@ def _one_sign_text(features: np.ndarray, most: int = 6) -> str:
     return f"one sign: {', '.join(map(str, listed[:most]))}{more}"
 
 
-def feature_loss_figure(run: RunData) -> Figure:
+def feature_loss_figure(run: Run) -> Figure:
     """Each feature's held-out loss over its loss when dropped (results.json
     feature_loss_ratio): 1 = dropped, 0 = computed exactly; for abs, one sign only ≈ 0.5.
     abs bars are coloured by which signs of |x| the model computes (computed_fraction)."""
     n_levels = run.n_levels
     fig = _figure(_levels_width(n_levels), BAR_ROW + HEADER)
     axes = _axes_grid(fig, 1, n_levels, Margins(left=0.75, wgap=0.25), sharey="row")
-    finite = run.finite()
+    finite = finite_levels(run)
     palette = {"both": "#2b83ba", "one": "#d7191c", "neither": "#bababa"}
-    for level, p in enumerate(run.probability()):
+    for level, p in enumerate(probabilities(run)):
         ax = axes[0, level]
-        ratio = run.levels[level].get("feature_loss_ratio")
+        ratio = run.levels[level].feature_loss_ratio
         if not finite[level] or ratio is None:
             _blank(ax, p)
             continue
@@ -470,7 +450,7 @@ def feature_loss_figure(run: RunData) -> Figure:
             kind = np.where(computed.all(0), "both", np.where(computed.any(0), "one", "neither"))
         else:
             kind = np.where(
-                metrics.represented(run.feature_tensor(level)).numpy(), "both", "neither"
+                metrics.represented(feature_tensor(run, level)).numpy(), "both", "neither"
             )
         ax.bar(
             np.arange(values.size),
@@ -501,18 +481,18 @@ def feature_loss_figure(run: RunData) -> Figure:
     return fig
 
 
-def dimensionality_figure(run: RunData) -> Figure:
+def dimensionality_figure(run: Run) -> Figure:
     """D_i of every feature of every level against 1 / p, with d_hidden / ‖W‖_F²."""
     fig = _figure(*SINGLE)
     ax = _axes_grid(fig, 1, 1, Margins(left=0.7, right=1.6, top=0.45, bottom=0.55))[0, 0]
-    finite = run.finite()
-    importance = run.importance()
+    finite = finite_levels(run)
+    importance = importance_matrix(run)
     cmap, norm = matplotlib.colormaps["viridis"], _importance_norm(run)
     xs, ys, cs, curve_x, curve_y = [], [], [], [], []
-    for level, p in enumerate(run.probability()):
+    for level, p in enumerate(probabilities(run)):
         if not finite[level]:
             continue
-        W_level = run.feature_tensor(level)
+        W_level = feature_tensor(run, level)
         dims = metrics.dimensionality(W_level).numpy()
         xs.append(np.full(dims.shape, 1 / p))
         ys.append(dims)
@@ -568,20 +548,20 @@ def _level_colors(n_levels: int) -> np.ndarray:
     return matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, n_levels))
 
 
-def _training_panel(ax, run: RunData, colors: np.ndarray) -> None:
+def _training_panel(ax, run: Run, colors: np.ndarray) -> None:
     steps = run.history["steps"].numpy()
     loss = run.history["loss"].double().numpy()  # (T, level, restart)
     ok = np.isfinite(loss) & (loss > 0)
     low = np.where(ok, loss, np.inf).min(axis=-1)
     high = np.where(ok, loss, -np.inf).max(axis=-1)
     any_ok = ok.any(axis=-1)
-    for level, (lv, p) in enumerate(zip(run.levels, run.probability(), strict=True)):
+    for level, (lv, p) in enumerate(zip(run.levels, probabilities(run), strict=True)):
         color = colors[level]
         has = any_ok[:, level]
         ax.fill_between(
             steps[has], low[has, level], high[has, level], color=color, alpha=0.2, linewidth=0
         )
-        best = lv["best_restart"]
+        best = lv.best_restart
         if best is not None:
             curve = np.where(ok[:, level, best], loss[:, level, best], np.nan)
             ax.plot(steps, curve, color=color, linewidth=1.2, label=f"p = {p:g}")
@@ -597,19 +577,19 @@ def _training_panel(ax, run: RunData, colors: np.ndarray) -> None:
     ax.legend(loc="best", ncols=2 if run.n_levels > 6 else 1)
 
 
-def _eval_panel(ax, run: RunData, colors: np.ndarray) -> None:
-    restarts = run.results["restarts"]
+def _eval_panel(ax, run: Run, colors: np.ndarray) -> None:
+    restarts = run.results.restarts
     offsets = np.linspace(-0.3, 0.3, restarts) if restarts > 1 else np.zeros(1)
     starred = any_finite = False
     for level, lv in enumerate(run.levels):
-        values = lv.get("restart_eval_losses") or [None] * restarts
+        values = lv.restart_eval_losses or [None] * restarts
         losses = np.array([np.nan if v is None else v for v in values], dtype=float)
         ok = np.isfinite(losses) & (losses > 0)
         any_finite = any_finite or bool(ok.any())
         ax.scatter(
             level + offsets[ok], losses[ok], color=colors[level], s=18, alpha=0.8, linewidths=0
         )
-        best = lv["best_restart"]
+        best = lv.best_restart
         if best is not None and ok[best]:
             ax.scatter(
                 level + offsets[best],
@@ -637,7 +617,7 @@ def _eval_panel(ax, run: RunData, colors: np.ndarray) -> None:
         ax.set_yscale("log")
     else:
         _nothing_finite(ax)
-    ax.set_xticks(range(run.n_levels), labels=[f"{p:g}" for p in run.probability()])
+    ax.set_xticks(range(run.n_levels), labels=[f"{p:g}" for p in probabilities(run)])
     ax.set_xlim(-0.6, run.n_levels - 0.4)
     ax.set_xlabel("feature probability p")
     ax.set_ylabel("held-out loss")
@@ -650,7 +630,7 @@ def _nothing_finite(ax) -> None:
     ax.text(0.5, 0.5, "no finite loss", ha="center", va="center", transform=ax.transAxes)
 
 
-def loss_figure(run: RunData) -> Figure:
+def loss_figure(run: Run) -> Figure:
     """Training curves per level (when the history is there) and every restart's held-out loss."""
     panels = 2 if run.history is not None else 1
     fig = _figure(panels * LOSS_PANEL[0], LOSS_PANEL[1])
@@ -661,36 +641,36 @@ def loss_figure(run: RunData) -> Figure:
         _training_panel(axes[0], run, colors)
     _eval_panel(axes[-1], run, colors)
     r = run.results
-    _suptitle(fig, _header(run, f"loss ({r['restarts']} restarts, {r['steps']} steps)"))
+    _suptitle(fig, _header(run, f"loss ({r.restarts} restarts, {r.steps} steps)"))
     return fig
 
 
 # ------------------------------------------------------------------------------------- drawing
 
 
-def phase_diagram_figure(run: RunData) -> Figure:
+def phase_diagram_figure(run: Run) -> Figure:
     """The phase diagram of a relative-importance × probability sweep (phase_plot.py)."""
-    from superposition.analysis.verdicts import phase_grid
+    from superposition.analysis.verdicts import classify_phase_cells
     from superposition.figures.phase_figure import (
         phase_figure,  # it builds on this module's helpers
     )
 
-    return phase_figure(phase_grid(run.results, run.weights), run.results)
+    return phase_figure(classify_phase_cells(run.results, run.weights), run.results)
 
 
-def figure_makers(run: RunData) -> dict[str, Callable[[RunData], Figure]]:
+def figure_makers(run: Run) -> dict[str, Callable[[Run], Figure]]:
     """The figures that apply to this run, by file stem, in drawing order. A phase sweep (many
     grid points of a tiny model) gets its phase diagram instead of one panel per grid point."""
-    if run.results.get("relative_importance"):
+    if run.results.relative_importance:
         return {"phase_diagram": phase_diagram_figure}
-    makers: dict[str, Callable[[RunData], Figure]] = {}
-    if run.results["d_hidden"] == 2:
+    makers: dict[str, Callable[[Run], Figure]] = {}
+    if run.results.d_hidden == 2:
         makers["features_2d"] = features_2d_figure
     makers["wtw"] = wtw_figure
-    if run.privileged:
+    if privileged(run):
         makers["neurons"] = neurons_figure
     makers["dimensionality"] = dimensionality_figure
-    if all("feature_loss_ratio" in level for level in run.levels):
+    if all(level.feature_loss_ratio is not None for level in run.levels):
         makers["feature_loss"] = feature_loss_figure
     makers["loss"] = loss_figure
     return makers
@@ -711,7 +691,7 @@ def to_rgba(fig: Figure) -> Annotated[np.ndarray, "height width 4"]:
 
 
 def draw_run(
-    run: RunData, plots_dir: Path, on_error: Callable[[str, Exception], None] | None = None
+    run: Run, plots_dir: Path, on_error: Callable[[str, Exception], None] | None = None
 ) -> list[Path]:
     """Draw every applicable figure of `run` into plots_dir; return the PNG paths.
 

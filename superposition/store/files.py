@@ -93,9 +93,5 @@ def write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def read_results(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / RESULTS).read_text())
-
-
 def read_tensors(path: Path) -> dict[str, Tensor]:
     return load_file(str(path))

@@ -6,9 +6,9 @@ its files belong together.
   crash; a second job on the directory is refused with one line naming the holder.
 - `remove_stale_temporaries(out_dir)`: a kill during `outputs.write_atomically` leaves its
   temporary file (`.NAME.*.tmp`); with the lock held, nobody else can be writing them.
-- `finished_results(out_dir)`: results.json, checked to be a readable JSON object whose recorded
-  digests (`files`: sha256 of weights.safetensors and history.safetensors as they were written)
-  match the files beside it.
+- `finished_results(out_dir)`: results.json, checked to be a run's results (store.results) whose
+  recorded digests (`files`: sha256 of weights.safetensors and history.safetensors as they were
+  written) match the files beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from superposition.config import ConfigError
 from superposition.store.files import DISK_FULL_ERRNOS, HISTORY, RESULTS, WEIGHTS
+from superposition.store.results import ResultsError, RunResults
 
 LOCK = ".lock"
 # refuse to start with less free space than this where the run writes
@@ -144,24 +145,26 @@ def digests(out_dir: Path) -> dict[str, str]:
     return {name: file_digest(Path(out_dir) / name) for name in DIGESTED}
 
 
-def finished_results(out_dir: Path) -> dict | None:
+def finished_results(out_dir: Path) -> RunResults | None:
     """What results.json holds when out_dir holds a finished run, None when it holds none.
 
-    Raises OutputDirError when results.json cannot be read as a run's results, or when the files
-    it was written with are missing or changed since.
+    Raises OutputDirError when results.json cannot be read as a run's results (in a format this
+    version reads), or when the files it was written with are missing or changed since.
     """
     path = Path(out_dir) / RESULTS
     if not path.exists():
         return None
     start_over = f"move {out_dir} away or delete {path.name} in it to train again"
     try:
-        results = json.loads(path.read_text())
+        payload = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
         raise OutputDirError(f"{path} cannot be read ({reason}); {start_over}") from None
-    if not isinstance(results, dict) or not isinstance(results.get("levels"), list):
-        raise OutputDirError(f"{path} does not hold a run's results; {start_over}")
-    recorded = results.get("files")
+    try:
+        results = RunResults.from_json(payload)
+    except ResultsError as err:
+        raise OutputDirError(f"{path} {err}; {start_over}") from None
+    recorded = results.files
     if recorded is None:
         return results  # written before results.json recorded digests
     for name in DIGESTED:
