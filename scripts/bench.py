@@ -53,7 +53,8 @@ from tqdm.auto import tqdm
 from superposition.analysis.evaluate import evaluate_grid
 from superposition.analysis.select import select_best
 from superposition.config import ConfigError, Device, TrainConfig
-from superposition.engine.device import bytes_per_instance, resolve_device
+from superposition.engine import bytes_per_instance
+from superposition.engine.device import resolve_device
 from superposition.engine.train import TrainResult, history_steps, train_grid
 from superposition.grid import InstanceGrid, sparsity_grid
 from superposition.tasks.model import InitScale, ModelSpec, init_scales
@@ -560,7 +561,9 @@ def budget_row(workload: Workload, settings: Settings, budget_mb: float) -> dict
     memory = measure_peak_memory("project", workload, settings, settings.memory_steps, budget_mb)
     chunk = memory["chunk_size"]
     probabilities = workload.grid.feature_probability.float().tolist()
-    per_instance = bytes_per_instance(workload.spec, settings.batch_size, probabilities)
+    per_instance = bytes_per_instance(
+        workload.spec, TrainConfig().engine, settings.batch_size, probabilities
+    )
     return {
         "n_instances": workload.n_instances,
         "memory_budget_mb": budget_mb,

@@ -13,17 +13,20 @@ from enum import Enum
 from hydra.core.config_store import ConfigStore
 
 
-class Task(str, Enum):
-    identity = "identity"
-    abs = "abs"
-
-
 class InitScheme(str, Enum):
-    """Scale of the initial weights (model.py, init_scales)."""
+    """Scale of the initial weights (tasks/model.py, init_scales)."""
 
     auto = "auto"  # course for abs, per_instance for identity (README, "Initialisation")
     course = "course"  # the course's effective scale: fan-in d_hidden · n_features
     per_instance = "per_instance"  # each matrix's own fan-in (and fan-out for Xavier)
+
+
+class Engine(str, Enum):
+    """How the trainer computes gradients (engine/__init__.py)."""
+
+    auto = "auto"  # fast where the task has a fast path, else autograd
+    fast = "fast"  # hand-written gradients on packed sparse batches
+    autograd = "autograd"  # the task's reference forward through torch.autograd
 
 
 class Optimizer(str, Enum):
@@ -50,10 +53,20 @@ class WandbMode(str, Enum):
 
 
 @dataclass
+class TaskConfig:
+    # a registered task (superposition/tasks/): identity, abs, or one of task.module's
+    name: str = "identity"
+    # a module (importable from the current directory, or a .py path) that registers your own
+    # tasks; README, "Add your own task"
+    module: str | None = None
+
+
+@dataclass
 class ModelConfig:
     n_features: int = 5
     d_hidden: int = 2
-    # identity only: ReLU on the hidden layer, out = ReLU(Wᵀ ReLU(W x) + b) (privileged basis).
+    # tasks that allow it (identity): ReLU on the hidden layer, out = ReLU(Wᵀ ReLU(W x) + b)
+    # (the privileged basis)
     hidden_relu: bool = False
     # scale of the initial weights: auto, course or per_instance (README, "Initialisation")
     init: InitScheme = InitScheme.auto
@@ -93,6 +106,8 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     lr_schedule: LRSchedule = LRSchedule.constant
+    # auto (fast where the task has a fast path), fast, or autograd (any task)
+    engine: Engine = Engine.auto
     optimizer: Optimizer = Optimizer.adam
     weight_decay: float = 0.0
     # record the loss of every instance every this many steps (no host sync in between)
@@ -122,7 +137,7 @@ class WandbConfig:
 
 @dataclass
 class Config:
-    task: Task = Task.identity
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -130,7 +145,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    # set by a preset of conf/experiment/: the run ends with that experiment's verdict (report.md)
+    # set by a preset of conf/preset/: the run ends with that experiment's verdict (report.md)
     preset: str | None = None
     seed: int = 0
     device: Device = Device.auto
@@ -161,20 +176,34 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Check ranges and cross-key rules; raise ConfigError with a one-line message on the first."""
+    """Check ranges and cross-key rules; raise ConfigError with a one-line message on the first.
+    (What only the task registry or the presets know is checked by tasks.check_config and
+    analysis.verdicts.check_preset.)"""
+    _validate_model(cfg)
+    _validate_sweep(cfg)
+    _validate_data(cfg)
+    _validate_train(cfg)
+    _require(
+        0 <= cfg.seed < 2**63,
+        f"seed must be in [0, 2^63), got {cfg.seed} (seeds outside that range would repeat others)",
+    )
+    _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
+    _require(cfg.wandb.log_every >= 1, f"wandb.log_every must be >= 1, got {cfg.wandb.log_every}")
+
+
+def _validate_model(cfg: Config) -> None:
     _require(
         cfg.model.n_features >= 1, f"model.n_features must be >= 1, got {cfg.model.n_features}"
     )
     _require(cfg.model.d_hidden >= 1, f"model.d_hidden must be >= 1, got {cfg.model.d_hidden}")
-    _require(
-        not (cfg.model.hidden_relu and cfg.task == Task.abs),
-        "model.hidden_relu=true is allowed only with task=identity (abs always has a hidden ReLU)",
-    )
     decay = cfg.importance.decay
     _require(
         math.isfinite(decay) and decay > 0,
         f"importance.decay must be a finite number > 0, got {decay}",
     )
+
+
+def _validate_sweep(cfg: Config) -> None:
     grid = cfg.sweep.feature_probability
     _require(len(grid) > 0, "sweep.feature_probability is empty; list probabilities in (0, 1]")
     for p in grid:
@@ -194,6 +223,9 @@ def validate(cfg: Config) -> None:
         "sweep.relative_importance needs model.n_features >= 2 (it sets the last feature's "
         "importance relative to feature 0's)",
     )
+
+
+def _validate_data(cfg: Config) -> None:
     pairs, anti = cfg.data.correlated_pairs, cfg.data.anticorrelated_pairs
     _require(
         pairs >= 0 and anti >= 0,
@@ -205,29 +237,15 @@ def validate(cfg: Config) -> None:
         f"{2 * (pairs + anti)} features; model.n_features is {cfg.model.n_features}",
     )
     if anti:
-        for p in grid:
+        for p in cfg.sweep.feature_probability:
             _require(
                 p <= 0.5,
                 f"data.anticorrelated_pairs needs every feature probability <= 0.5 (a pair is "
                 f"active with probability 2p), got {p}",
             )
-    if cfg.preset is not None:
-        from superposition.analysis.verdicts import PRESETS  # the verdicts know the presets
 
-        _require(
-            cfg.preset in PRESETS,
-            f"preset must be one of {', '.join(PRESETS)} (set by experiment=...), got {cfg.preset}",
-        )
-        needs = {
-            "phase_diagram": (bool(cfg.sweep.relative_importance), "sweep.relative_importance"),
-            "correlated": (cfg.data.correlated_pairs >= 1, "data.correlated_pairs >= 1"),
-            "anticorrelated": (
-                cfg.data.anticorrelated_pairs >= 1,
-                "data.anticorrelated_pairs >= 1",
-            ),
-        }
-        fits, what = needs.get(cfg.preset, (True, ""))
-        _require(fits, f"preset={cfg.preset} judges a run with {what}; set it or drop the preset")
+
+def _validate_train(cfg: Config) -> None:
     for key in ("restarts", "steps", "batch_size", "log_every"):
         value = getattr(cfg.train, key)
         _require(value >= 1, f"train.{key} must be >= 1, got {value}")
@@ -236,10 +254,6 @@ def validate(cfg: Config) -> None:
         recorded <= MAX_RECORDED_STEPS,
         f"train.steps / train.log_every = {recorded} recorded losses per instance; at most "
         f"{MAX_RECORDED_STEPS}: raise train.log_every",
-    )
-    _require(
-        0 <= cfg.seed < 2**63,
-        f"seed must be in [0, 2^63), got {cfg.seed} (seeds outside that range would repeat others)",
     )
     _require(
         math.isfinite(cfg.train.lr) and cfg.train.lr > 0,
@@ -262,5 +276,3 @@ def validate(cfg: Config) -> None:
     _require(
         every >= 0, f"train.checkpoint_every must be >= 0 (0 = only on a stop signal), got {every}"
     )
-    _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
-    _require(cfg.wandb.log_every >= 1, f"wandb.log_every must be >= 1, got {cfg.wandb.log_every}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -9,18 +10,18 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
+from superposition import tasks
 from superposition.analysis.evaluate import evaluate_grid, feature_loss_ratio
 from superposition.analysis.geometry import (
-    abs_constant_loss,
-    abs_no_superposition_loss,
     important_feature_count,
     important_features,
 )
 from superposition.analysis.metrics import level_metrics, one_sign_features
 from superposition.analysis.select import Selection, gather_best, select_best
-from superposition.analysis.verdicts import judge, write_report
-from superposition.config import Config, ConfigError, Task
-from superposition.engine.device import bytes_per_instance, free_memory_bytes, resolve_device
+from superposition.analysis.verdicts import Report, judge, write_report
+from superposition.config import Config, ConfigError, Engine
+from superposition.engine import bytes_per_instance, resolve_engine
+from superposition.engine.device import free_memory_bytes, resolve_device
 from superposition.engine.train import TrainResult, train_grid
 from superposition.figures.run_figures import PLOTS_DIR, draw_run
 from superposition.grid import InstanceGrid, phase_cell, phase_sweep_grid, sparsity_grid
@@ -34,7 +35,6 @@ from superposition.store.outdir import (
     remove_stale_temporaries,
 )
 from superposition.store.results import (
-    Baselines,
     DataPairs,
     Exclusion,
     LevelResult,
@@ -48,7 +48,7 @@ from superposition.track import Tracker
 
 def model_spec(config: Config) -> ModelSpec:
     return ModelSpec(
-        task=config.task,
+        task=config.task.name,
         n_features=config.model.n_features,
         d_hidden=config.model.d_hidden,
         hidden_relu=config.model.hidden_relu,
@@ -74,12 +74,21 @@ def build_grid(config: Config) -> InstanceGrid:
 
 
 def config_fingerprint(config: Config) -> str:
-    """Fingerprint of the values that decide a run's results (not where or how fast it runs)."""
+    """Fingerprint of the values that decide a run's results (not where or how fast it runs).
+
+    The task is its name when it comes with the package, and the engine is left out when it is
+    the fast one: the fingerprints of runs of earlier versions, which had neither, stay valid."""
     values = asdict(config)
     for key in ("wandb", "device"):
         values.pop(key)
     for key in ("chunk_size", "memory_budget_mb", "checkpoint_every"):
         values["train"].pop(key)
+    if config.task.module is None:
+        values["task"] = config.task.name
+    engine = resolve_engine(model_spec(config), config.train.engine)
+    values["train"].pop("engine")
+    if engine != Engine.fast:
+        values["train"]["engine"] = engine.value
     return fingerprint(values)
 
 
@@ -103,7 +112,9 @@ def results_summary(
     ]
     return RunResults(
         config_fingerprint=run_fingerprint,
-        task=config.task.value,
+        task=config.task.name,
+        task_module=task_module_path(config),
+        engine=resolve_engine(model_spec(config), config.train.engine).value,
         n_features=config.model.n_features,
         d_hidden=config.model.d_hidden,
         hidden_relu=config.model.hidden_relu,
@@ -170,15 +181,17 @@ def level_relative_importance(config: Config, level: int) -> float | None:
     return relative[r_index]
 
 
-def level_baselines(config: Config, importance: list[float], p: float) -> Baselines | None:
-    """abs: the losses of a constant model and of the best model without superposition
-    (geometry.py); None for identity."""
-    if config.task != Task.abs:
-        return None
-    return Baselines(
-        constant=abs_constant_loss(importance, p),
-        no_superposition=abs_no_superposition_loss(importance, p, config.model.d_hidden),
-    )
+def task_module_path(config: Config) -> str | None:
+    """Where the config's own task module is, as a file path (so that the run's figures can be
+    redrawn from anywhere); None for a built-in task."""
+    return None if config.task.module is None else tasks.module_file(config.task.module)
+
+
+def level_baselines(config: Config, importance: list[float], p: float) -> dict | None:
+    """The task's closed-form losses for this level, by name (abs: a constant model's and the
+    best model's without superposition); None for a task without them."""
+    baselines = tasks.get(config.task.name).baselines
+    return None if baselines is None else baselines(importance, p, config.model.d_hidden)
 
 
 def run_job(
@@ -206,7 +219,10 @@ def check_fits_in_memory(config: Config) -> None:
     (the trainer can split instances into chunks, not one instance's batch)."""
     device = resolve_device(config.device)
     need = bytes_per_instance(
-        model_spec(config), config.train.batch_size, list(config.sweep.feature_probability)
+        model_spec(config),
+        config.train.engine,
+        config.train.batch_size,
+        list(config.sweep.feature_probability),
     )
     free = free_memory_bytes(device)
     if need > free:
@@ -251,25 +267,12 @@ def _run_locked(
         print(f"already finished, not trained again: results in {out_dir}")
         return finished
     device = resolve_device(config.device)
-    spec = model_spec(config)
-    grid = build_grid(config)
+    spec, grid = model_spec(config), build_grid(config)
     checkpointer = Checkpointer(out_dir, run_fingerprint, config.train.checkpoint_every)
     saved = checkpointer.load()
     if saved is not None:
         print(f"resuming from {checkpointer.path}")
-    tracker = Tracker.start(
-        config=tracked_config if tracked_config is not None else asdict(config),
-        out_dir=out_dir,
-        mode=config.wandb.mode.value,
-        project=config.wandb.project,
-        entity=config.wandb.entity,
-        group=config.wandb.group or group,
-        name=run_name,
-        job_type=config.task.value,
-        # fixed per output directory and config, so a restarted job continues the same W&B run
-        resume_id=fingerprint({"out_dir": str(out_dir.resolve()), "config": run_fingerprint})[:12],
-    )
-    with tracker:
+    with _start_tracker(config, out_dir, run_name, group, tracked_config) as tracker:
         trained = train_grid(
             spec, grid, config.train, config.seed, device, checkpointer, saved, data=config.data
         )
@@ -281,62 +284,16 @@ def _run_locked(
                 if stop.received is not None:
                     stop.stop(checkpointer.path)
 
-            eval_loss = evaluate_grid(
-                spec, trained.params, grid, config.seed, config.eval.batch_size, device, config.data
-            )
-            stop_point()
-            selection = select_best(eval_loss, trained.finite, grid.restarts)
-            warn_about_training(grid, selection, trained)
-            best = gather_best(trained.params, selection, grid.restarts)
-            history = trained.loss_history.view(-1, grid.n_levels, grid.restarts)
-            metrics = level_metrics(config.task.value, best, config.model.hidden_relu)
-            loss_ratio = feature_loss_ratio(
-                spec, best, grid, config.seed, config.eval.batch_size, device, config.data
-            )
-            one_sign = one_sign_features(config.task.value, best)
-            stop_point()
-            results = results_summary(
-                config,
-                run_fingerprint,
-                grid,
-                trained,
-                selection,
-                metrics,
-                loss_ratio,
-                one_sign,
-                device,
-            )
-
-            history_tensors = {"steps": torch.tensor(trained.history_steps), "loss": history}
-            write_tensors(out_dir / WEIGHTS, best)
-            write_tensors(out_dir / HISTORY, history_tensors)
-            stop_point()
-            draw_run(
-                Run(results, best, history_tensors),
-                out_dir / PLOTS_DIR,
-                on_error=lambda name, err: print(
-                    f"warning: figure {name}.png could not be drawn ({type(err).__name__}: {err}); "
-                    "the results are complete without it"
-                ),
-            )
-            stop_point()
-            report = None
-            if config.preset is not None:
-                try:
-                    report = judge(config.preset, results, best)
-                except Exception as err:  # a verdict must not cost the run its results
-                    print(f"warning: the {config.preset} verdict could not be computed: {err}")
-                if report is not None:
-                    write_report(out_dir, report)
-                    results.verdict = report.verdict
-            stop_point()
-            results.files = digests(out_dir)  # what finished_results checks
-            write_results(out_dir, results)
+            results, best = _analyse(config, spec, grid, trained, device, stop_point)
+            history = {
+                "steps": torch.tensor(trained.history_steps),
+                "loss": trained.loss_history.view(-1, grid.n_levels, grid.restarts),
+            }
+            report = _write_outputs(config, out_dir, Run(results, best, history), stop_point)
         checkpointer.remove()
-
         tracker.log_history(
             trained.history_steps,
-            history,
+            history["loss"],
             grid.feature_probability.tolist(),
             config.wandb.log_every,
         )
@@ -347,6 +304,91 @@ def _run_locked(
     if report is not None:
         print(report.markdown().rstrip())
     return results
+
+
+def _start_tracker(
+    config: Config, out_dir: Path, run_name: str, group: str | None, tracked_config: dict | None
+) -> Tracker:
+    return Tracker.start(
+        config=tracked_config if tracked_config is not None else asdict(config),
+        out_dir=out_dir,
+        mode=config.wandb.mode.value,
+        project=config.wandb.project,
+        entity=config.wandb.entity,
+        group=config.wandb.group or group,
+        name=run_name,
+        job_type=config.task.name,
+        # fixed per output directory and config, so a restarted job continues the same W&B run
+        resume_id=fingerprint(
+            {"out_dir": str(out_dir.resolve()), "config": config_fingerprint(config)}
+        )[:12],
+    )
+
+
+def _analyse(
+    config: Config,
+    spec: ModelSpec,
+    grid: InstanceGrid,
+    trained: TrainResult,
+    device: torch.device,
+    stop_point: Callable[[], None],
+) -> tuple[RunResults, dict[str, Tensor]]:
+    """Evaluate every instance, keep the best restart of every level and measure it: the run's
+    results and the kept weights (level axis first)."""
+    rows = config.eval.batch_size
+    eval_loss = evaluate_grid(spec, trained.params, grid, config.seed, rows, device, config.data)
+    stop_point()
+    selection = select_best(eval_loss, trained.finite, grid.restarts)
+    warn_about_training(grid, selection, trained)
+    best = gather_best(trained.params, selection, grid.restarts)
+    metrics = level_metrics(config.task.name, best, config.model.hidden_relu)
+    loss_ratio = feature_loss_ratio(spec, best, grid, config.seed, rows, device, config.data)
+    one_sign = one_sign_features(config.task.name, best)
+    stop_point()
+    results = results_summary(
+        config,
+        config_fingerprint(config),
+        grid,
+        trained,
+        selection,
+        metrics,
+        loss_ratio,
+        one_sign,
+        device,
+    )
+    return results, best
+
+
+def _write_outputs(
+    config: Config, out_dir: Path, run: Run, stop_point: Callable[[], None]
+) -> Report | None:
+    """Weights, loss record, figures, the preset's verdict and, last, results.json (with the
+    digests of what was written before it); the verdict's report when there is one."""
+    write_tensors(out_dir / WEIGHTS, run.weights)
+    write_tensors(out_dir / HISTORY, run.history)
+    stop_point()
+    draw_run(
+        run,
+        out_dir / PLOTS_DIR,
+        on_error=lambda name, err: print(
+            f"warning: figure {name}.png could not be drawn ({type(err).__name__}: {err}); "
+            "the results are complete without it"
+        ),
+    )
+    stop_point()
+    report = None
+    if config.preset is not None:
+        try:
+            report = judge(config.preset, run.results, run.weights)
+        except Exception as err:  # a verdict must not cost the run its results
+            print(f"warning: the {config.preset} verdict could not be computed: {err}")
+        if report is not None:
+            write_report(out_dir, report)
+            run.results.verdict = report.verdict
+    stop_point()
+    run.results.files = digests(out_dir)  # what finished_results checks
+    write_results(out_dir, run.results)
+    return report
 
 
 def warn_about_training(grid: InstanceGrid, selection: Selection, trained: TrainResult) -> None:
@@ -421,6 +463,6 @@ def print_abs_summary(levels: list[LevelResult], d_hidden: int) -> None:
 
 def _loss_over_constant(level: LevelResult) -> float | None:
     baselines = level.baselines
-    if level.eval_loss is None or baselines is None or not baselines.constant:
+    if level.eval_loss is None or not (baselines or {}).get("constant"):
         return None
-    return level.eval_loss / baselines.constant
+    return level.eval_loss / baselines["constant"]

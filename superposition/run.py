@@ -17,9 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from superposition import tasks
+from superposition.analysis.verdicts import check_preset
 from superposition.config import Config, ConfigError, register_configs, validate
+from superposition.engine import resolve_engine
 from superposition.engine.device import resolve_device
-from superposition.job import check_directory, check_fits_in_memory, run_job
+from superposition.job import check_directory, check_fits_in_memory, model_spec, run_job
 from superposition.store.checkpoint import TrainingInterrupted
 from superposition.store.outdir import check_usable
 
@@ -42,6 +45,9 @@ def to_config(cfg: DictConfig) -> Config:
     """The composed DictConfig as the validated dataclass tree."""
     config = OmegaConf.to_object(cfg)
     validate(config)
+    tasks.check_config(config)
+    check_preset(config)
+    resolve_engine(model_spec(config), config.train.engine)
     resolve_device(config.device)
     check_fits_in_memory(config)
     return config
@@ -158,7 +164,7 @@ def run_configured(cfg: DictConfig) -> None:
     config = to_config(cfg)
     hydra_config = HydraConfig.get()
     out_dir = Path(hydra_config.runtime.output_dir)
-    name = f"{config.task.value}_{config.model.n_features}to{config.model.d_hidden}"
+    name = f"{config.task.name}_{config.model.n_features}to{config.model.d_hidden}"
     group = None
     if hydra_config.mode == RunMode.MULTIRUN:
         name = f"{hydra_config.job.num}_{name}"

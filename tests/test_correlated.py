@@ -9,11 +9,12 @@ import math
 
 import pytest
 import torch
+from features import distribution
 
 from superposition.analysis.evaluate import evaluate_grid
-from superposition.config import DataConfig, Task, TrainConfig
-from superposition.engine.fast import packed_batches as batches
-from superposition.engine.fast.packed_batches import (
+from superposition.config import DataConfig, TrainConfig
+from superposition.engine import batches
+from superposition.engine.batches import (
     DenseSampler,
     SparseSampler,
     make_samplers,
@@ -38,7 +39,12 @@ ROWS = 1 << 16
 def trainer_batch(task, probability, n_features=N_FEATURES, pairs=PAIRS, steps=8):
     """(instance, row, feature) rows of 2 instances from the fast trainer's sampler."""
     samplers = make_samplers(
-        task, 3, torch.arange(2) + 5, [probability] * 2, ROWS // steps, n_features, **pairs
+        distribution(task, **pairs),
+        3,
+        torch.arange(2) + 5,
+        [probability] * 2,
+        ROWS // steps,
+        n_features,
     )
     assert len(samplers) == 1
     _, sampler = samplers[0]
@@ -49,7 +55,13 @@ def trainer_batch(task, probability, n_features=N_FEATURES, pairs=PAIRS, steps=8
 def eval_batch(task, probability, n_features=N_FEATURES, pairs=PAIRS):
     probabilities = torch.full((2,), probability)
     sampler = BatchSampler(
-        task, 3, torch.arange(2), probabilities, ROWS, n_features, EVAL_STREAM, **pairs
+        distribution(task, **pairs),
+        3,
+        torch.arange(2),
+        probabilities,
+        ROWS,
+        n_features,
+        EVAL_STREAM,
     )
     return sampler(0)
 
@@ -72,7 +84,7 @@ def assert_frequency(event, expected, what):
 def assert_uniform_magnitudes(values, task, what):
     """Uniform on [0, 1] (identity) or [-1, 1] (abs): mean, variance and four equal bins."""
     k = values.numel()
-    low = -1.0 if task == Task.abs else 0.0
+    low = -1.0 if task == "abs" else 0.0
     assert values.min() >= low and values.max() <= 1, what
     mean, var = (low + 1) / 2, (1 - low) ** 2 / 12
     assert_within(values.mean().item(), mean, math.sqrt(var / k), f"{what}: mean")
@@ -87,7 +99,7 @@ def correlation(a, b):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+@pytest.mark.parametrize("task", ["identity", "abs"])
 @pytest.mark.parametrize("probability", [0.3, 0.05])
 def test_correlated_pair(source, task, probability):
     x = SOURCES[source](task, probability)
@@ -106,7 +118,7 @@ def test_correlated_pair(source, task, probability):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+@pytest.mark.parametrize("task", ["identity", "abs"])
 @pytest.mark.parametrize("probability", [0.3, 0.05])
 def test_anticorrelated_pair(source, task, probability):
     x = SOURCES[source](task, probability)
@@ -121,7 +133,7 @@ def test_anticorrelated_pair(source, task, probability):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+@pytest.mark.parametrize("task", ["identity", "abs"])
 @pytest.mark.parametrize("probability", [0.3, 0.05])
 def test_independent_features_and_blocks(source, task, probability):
     x = SOURCES[source](task, probability)
@@ -134,7 +146,7 @@ def test_independent_features_and_blocks(source, task, probability):
         assert_frequency(active[..., i] & active[..., j], p * p, f"P({i} and {j})")
 
 
-@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+@pytest.mark.parametrize("task", ["identity", "abs"])
 @pytest.mark.parametrize("probability", [0.3, 0.05])
 def test_trainer_and_evaluation_samplers_agree(task, probability):
     """Two-sample comparison: each feature's activity and mean magnitude, and the four activity
@@ -163,22 +175,24 @@ def test_trainer_and_evaluation_samplers_agree(task, probability):
                 )
 
 
-@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+@pytest.mark.parametrize("task", ["identity", "abs"])
 def test_pair_features_by_hand(task):
     # pairs: correlated present, correlated absent, anticorrelated first, second, absent;
     # then one independent feature
     u = torch.tensor([[[0.02, 0.7, 0.5, 0.2, 0.03, 0.9, 0.12, 0.3, 0.25, 0.01, 0.09]]])
     p = torch.tensor([0.1])
     magnitudes = [0.2, 0.7, 0, 0, 0.3, 0, 0, 0.8, 0, 0, 0.9]
-    if task == Task.abs:
+    if task == "abs":
         magnitudes = [2 * m - 1 if m != 0 else 0.0 for m in magnitudes]
     expected = torch.tensor([[magnitudes]])
-    x = features_with_pairs(u, p, task, correlated_pairs=2, anticorrelated_pairs=3)
+    x = features_with_pairs(u, p, distribution(task, 2, 3))
     torch.testing.assert_close(x, expected)
-    torch.testing.assert_close(pair_features(u[..., :10], p, task, 2, 3), expected[..., :10])
+    torch.testing.assert_close(
+        pair_features(u[..., :10], p, distribution(task, 2, 3)), expected[..., :10]
+    )
 
 
-@pytest.mark.parametrize("task", [Task.identity, Task.abs])
+@pytest.mark.parametrize("task", ["identity", "abs"])
 def test_pairs_change_only_the_pair_block(task):
     """The same uniforms: the independent features are the features drawn without pairs, and a
     pair's first feature is too (up to rounding: the trainer's path without pairs multiplies by
@@ -194,14 +208,12 @@ def test_pairs_change_only_the_pair_block(task):
 
 def test_an_anticorrelated_probability_above_one_half_is_refused():
     with pytest.raises(ValueError, match="p <= 0.5"):
-        make_samplers(Task.identity, 0, torch.arange(2), [0.3, 0.6], 16, 6, anticorrelated_pairs=1)
+        make_samplers(distribution("identity", 0, 1), 0, torch.arange(2), [0.3, 0.6], 16, 6)
     with pytest.raises(ValueError, match="p <= 0.5"):
-        BatchSampler(
-            Task.identity, 0, torch.arange(1), torch.tensor([0.6]), 16, 6, anticorrelated_pairs=1
-        )
+        BatchSampler(distribution("identity", 0, 1), 0, torch.arange(1), torch.tensor([0.6]), 16, 6)
     with pytest.raises(ValueError, match="do not fit"):
-        make_samplers(Task.identity, 0, torch.arange(1), [0.3], 16, 5, correlated_pairs=3)
-    make_samplers(Task.identity, 0, torch.arange(1), [0.6], 16, 6, correlated_pairs=3)
+        make_samplers(distribution("identity", 3), 0, torch.arange(1), [0.3], 16, 5)
+    make_samplers(distribution("identity", 3), 0, torch.arange(1), [0.6], 16, 6)
 
 
 def train_cfg() -> TrainConfig:
@@ -209,7 +221,7 @@ def train_cfg() -> TrainConfig:
 
 
 def test_training_with_pairs_lowers_the_loss():
-    spec = ModelSpec(Task.identity, n_features=6, d_hidden=2)
+    spec = ModelSpec("identity", n_features=6, d_hidden=2)
     grid = sparsity_grid([0.3, 0.05], n_features=6, decay=0.9, restarts=2)
     data = DataConfig(correlated_pairs=1, anticorrelated_pairs=1)
     result = train_grid(spec, grid, train_cfg(), seed=0, device=CPU, data=data)
@@ -223,12 +235,12 @@ def test_training_with_pairs_never_builds_a_sparse_sampler(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a sparse sampler was built for a run with pairs")
 
-    spec = ModelSpec(Task.abs, n_features=40, d_hidden=4)
+    spec = ModelSpec("abs", n_features=40, d_hidden=4)
     grid = sparsity_grid([0.01], n_features=40, decay=0.9, restarts=2)
     # not vacuous: without pairs this level is sampled sparsely
     assert all(
         isinstance(s, SparseSampler)
-        for _, s in make_samplers(Task.abs, 0, torch.arange(2), [0.01] * 2, 64, 40)
+        for _, s in make_samplers(distribution("abs"), 0, torch.arange(2), [0.01] * 2, 64, 40)
     )
     monkeypatch.setattr(batches, "SparseDraws", refuse)
     monkeypatch.setattr(batches, "SparseSampler", refuse)
@@ -239,22 +251,20 @@ def test_training_with_pairs_never_builds_a_sparse_sampler(monkeypatch):
 
 
 def test_evaluation_draws_the_pairs():
-    spec = ModelSpec(Task.identity, n_features=6, d_hidden=2)
+    spec = ModelSpec("identity", n_features=6, d_hidden=2)
     grid = sparsity_grid([0.3, 0.1], n_features=6, decay=0.9, restarts=1)
     params = {"W": torch.randn(2, 2, 6, generator=torch.Generator().manual_seed(0))}
     params["b_final"] = torch.zeros(2, 6)
     data = DataConfig(correlated_pairs=1, anticorrelated_pairs=2)
     losses = evaluate_grid(spec, params, grid, seed=4, rows=2048, device=CPU, data=data)
     sampler = BatchSampler(
-        Task.identity,
+        distribution("identity", 1, 2),
         4,
         torch.arange(2),
         grid.instance_probability(),
         2048,
         6,
         EVAL_STREAM,
-        correlated_pairs=1,
-        anticorrelated_pairs=2,
     )
     x = sampler(0)
     importance = grid.instance_importance()

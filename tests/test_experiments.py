@@ -1,4 +1,4 @@
-"""The paper presets (conf/experiment/): each composes, validates and runs end to end at a tiny
+"""The paper presets (conf/preset/): each composes, validates and runs end to end at a tiny
 size, ending with a verdict in report.md, results.json and W&B. Their full-size runs, whose
 verdicts must pass, are documented commands in the README, not tests."""
 
@@ -17,7 +17,7 @@ from superposition.job import run_job
 from superposition.run import to_config
 from superposition.store.files import read_tensors
 
-EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "preset").glob("*.yaml"))
 TINY = [
     "train.steps=30",
     "train.restarts=2",
@@ -44,14 +44,14 @@ def test_every_preset_has_an_experiment_file_and_back():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_preset_composes_and_names_its_verdict(compose_config, name):
-    config = to_config(compose_config(f"experiment={name}"))
+    config = to_config(compose_config(f"preset={name}"))
     assert config.preset == name
-    text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
+    text = (CONF_DIR / "preset" / f"{name}.yaml").read_text()
     assert text.startswith("# @package _global_")
 
 
 def test_phase_preset_is_a_grid_of_relative_importance_by_probability(compose_config):
-    config = to_config(compose_config("experiment=phase_diagram"))
+    config = to_config(compose_config("preset=phase_diagram"))
     assert (config.model.n_features, config.model.d_hidden) == (2, 1)
     r, p = config.sweep.relative_importance, config.sweep.feature_probability
     assert min(r) == pytest.approx(0.1) and max(r) == pytest.approx(10.0)
@@ -60,7 +60,7 @@ def test_phase_preset_is_a_grid_of_relative_importance_by_probability(compose_co
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_tiny_run_of_each_preset_ends_with_a_verdict(compose_config, tmp_path, name, capsys):
-    config = to_config(compose_config(f"experiment={name}", *TINY, *SMALLER.get(name, [])))
+    config = to_config(compose_config(f"preset={name}", *TINY, *SMALLER.get(name, [])))
     results = run_job(config, tmp_path, run_name=name)
     report = (tmp_path / REPORT).read_text()
     assert report.splitlines()[-1] in ("verdict: PASS", "verdict: FAIL")
@@ -94,7 +94,7 @@ def test_a_preset_verdict_reaches_wandb(tmp_path):
     out = tmp_path / "run"
     done = run_cli(
         tmp_path,
-        "experiment=correlated",
+        "preset=correlated",
         *[arg for arg in TINY if not arg.startswith("wandb.")],
         f"hydra.run.dir={out}",
     )
@@ -129,21 +129,21 @@ def test_phase_sweep_grid_importance_vectors():
 def test_unknown_preset_is_one_line(tmp_path):
     from conftest import run_cli
 
-    done = run_cli("experiment=intro_pentagon", "preset=nope", f"hydra.run.dir={tmp_path / 'x'}")
+    done = run_cli("preset=nope", f"hydra.run.dir={tmp_path / 'x'}")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: preset must be one of " + ", ".join(PRESETS) + " (set by experiment=...), got nope"
+        "error: preset=nope is not a known choice; allowed: " + ", ".join(sorted(PRESETS))
     ]
     assert not (tmp_path / "x").exists()
-    assert Path(CONF_DIR / "experiment").is_dir()
+    assert Path(CONF_DIR / "preset").is_dir()
 
 
 @pytest.mark.parametrize(
     "overrides, missing",
     [
-        (["experiment=correlated", "data.correlated_pairs=0"], "data.correlated_pairs >= 1"),
-        (["experiment=intro_pentagon", "preset=phase_diagram"], "sweep.relative_importance"),
-        (["experiment=anticorrelated", "data.anticorrelated_pairs=0"], "anticorrelated_pairs"),
+        (["preset=correlated", "data.correlated_pairs=0"], "data.correlated_pairs >= 1"),
+        (["preset=phase_diagram", "sweep.relative_importance=[]"], "sweep.relative_importance"),
+        (["preset=anticorrelated", "data.anticorrelated_pairs=0"], "anticorrelated_pairs"),
     ],
 )
 def test_a_preset_refuses_a_run_it_cannot_judge(compose_config, overrides, missing):

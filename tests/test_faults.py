@@ -1,7 +1,8 @@
 """Faults of issue 11, each reproduced with real processes on real directories.
 
-Every test starts the real command line (`python -m superposition.run`) in a subprocess; kills
-are real signals, concurrent runs are real concurrent processes. Nothing is mocked.
+Every test starts the real command line (`python -m superposition.run`) in a subprocess, except
+the refusals of bad values, which call the same entry point in this process; kills are real
+signals, concurrent runs are real concurrent processes. Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from conftest import REPO, run_cli
 from safetensors.torch import load_file
 
+import superposition.run as run_module
 from superposition.store.checkpoint import state_digest
 
 # issue 11's `S`: a small run that finishes in seconds
@@ -244,7 +246,7 @@ def test_an_interrupt_is_one_line(tmp_path):
         ("train.steps=99999999999999999999", "recorded losses per instance; at most 1000000"),
         ("task=null", "task=null: task takes a name, not null"),
         ("sweep.relative_importance=[1e39]", "(finite in float32), got 1e+39"),
-        ("experiment=../task/abs", "experiment=../task/abs: a choice is a plain name; allowed:"),
+        ("preset=../task/abs", "preset=../task/abs: a choice is a plain name; allowed:"),
         ("sweep=../../conf/task/abs", "a choice is a plain name; allowed: phase, sparsity"),
         ("seed=18446744073709551616", "seed must be in [0, 2^63), got 18446744073709551616"),
         ("seed=-1", "seed must be in [0, 2^63), got -1"),
@@ -252,11 +254,18 @@ def test_an_interrupt_is_one_line(tmp_path):
         ("train.batch_size=1000000000", "GiB free; lower train.batch_size or the model sizes"),
     ],
 )
-def test_bad_values_are_refused_before_anything_is_written(tmp_path, override, message):
+def test_bad_values_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, override, message
+):
+    """The real entry point, in this process (a subprocess per case would cost seconds each;
+    test_cli.py runs one through the command line)."""
     out = tmp_path / "never"
-    done = run_cli(*SMALL, override, f"hydra.run.dir={out}")
-    assert done.returncode == 2
-    line = one_line(done.stderr)
+    argv = ["superposition.run", *SMALL, override, f"hydra.run.dir={out}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        run_module.main()
+    assert exit_info.value.code == 2
+    line = one_line(capsys.readouterr().err)
     assert line.startswith("error: ") and message in line
     assert not out.exists()
 
@@ -549,7 +558,7 @@ def test_a_disk_that_fills_during_training_is_one_line_and_keeps_the_checkpoint(
 # ------------------------------------------------------------------------ kill anywhere
 
 KILLABLE = [*SMALL, "train.steps=1500", "train.checkpoint_every=100", "eval.batch_size=400000"]
-KILLS = 20
+KILLS = 12
 
 
 def test_killed_anywhere_and_rerun_ends_bit_identical(tmp_path):

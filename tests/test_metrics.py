@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from superposition.analysis import metrics
-from superposition.config import Task
 from superposition.tasks.model import ModelSpec, forward
 
 
@@ -168,7 +167,7 @@ def test_computed_fraction_equals_the_model_fed_one_feature_at_a_time():
         "b_final": 0.3 * torch.randn(n_features, dtype=torch.float64),
     }
     share = metrics.computed_fraction(weights)
-    spec = ModelSpec(Task.abs, n_features, d_hidden)
+    spec = ModelSpec("abs", n_features, d_hidden)
     params = {k: v.unsqueeze(0) for k, v in weights.items()}
     m = torch.tensor(metrics.PROBE_MAGNITUDES, dtype=torch.float64)
     baseline = forward(spec, params, torch.zeros(1, 1, n_features, dtype=torch.float64))[0, 0]

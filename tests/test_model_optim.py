@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from superposition.config import InitScheme, LRSchedule, Optimizer, Task
+from superposition.config import InitScheme, LRSchedule, Optimizer
 from superposition.engine.optim import InstanceAdam, learning_rate
 from superposition.tasks.model import (
     ModelSpec,
@@ -18,21 +18,21 @@ from superposition.tasks.model import (
 
 
 def test_identity_forward_by_hand():
-    spec = ModelSpec(Task.identity, n_features=3, d_hidden=2)
+    spec = ModelSpec("identity", n_features=3, d_hidden=2)
     W = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]]])
     b = torch.tensor([[0.0, -0.5, 0.1]])
     x = torch.tensor([[[1.0, 0.0, 0.5]]])
     # W x = [1.5, -0.5]; Wᵀ(Wx) = [1.5, -0.5, 2.0]; + b = [1.5, -1.0, 2.1]; ReLU
     out = forward(spec, {"W": W, "b_final": b}, x)
     torch.testing.assert_close(out, torch.tensor([[[1.5, 0.0, 2.1]]]))
-    relu_spec = ModelSpec(Task.identity, 3, 2, hidden_relu=True)
+    relu_spec = ModelSpec("identity", 3, 2, hidden_relu=True)
     # ReLU(Wx) = [1.5, 0]; Wᵀ h = [1.5, 0, 1.5]; + b = [1.5, -0.5, 1.6]
     out = forward(relu_spec, {"W": W, "b_final": b}, x)
     torch.testing.assert_close(out, torch.tensor([[[1.5, 0.0, 1.6]]]))
 
 
 def test_abs_forward_and_target_by_hand():
-    spec = ModelSpec(Task.abs, n_features=2, d_hidden=2)
+    spec = ModelSpec("abs", n_features=2, d_hidden=2)
     W1 = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])
     W2 = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
     b = torch.zeros(1, 2)
@@ -55,21 +55,21 @@ def test_loss_is_importance_weighted_mean_over_batch_and_features():
 
 def test_initialisation_statistics():
     instances = torch.arange(2000)
-    identity = init_params(ModelSpec(Task.identity, 5, 2), 0, instances)  # auto: per_instance
+    identity = init_params(ModelSpec("identity", 5, 2), 0, instances)  # auto: per_instance
     assert identity["W"].shape == (2000, 2, 5)
     assert abs(identity["W"].std().item() - math.sqrt(2 / 7)) < 0.01
     assert torch.count_nonzero(identity["b_final"]) == 0
-    course = init_params(ModelSpec(Task.identity, 5, 2, init=InitScheme.course), 0, instances)
+    course = init_params(ModelSpec("identity", 5, 2, init=InitScheme.course), 0, instances)
     assert abs(course["W"].std().item() - math.sqrt(1 / 10)) < 0.01
     for init, bound1, bound2 in [
         (InitScheme.auto, math.sqrt(6 / 160), math.sqrt(6 / 160)),  # auto: course for abs
         (InitScheme.per_instance, math.sqrt(6 / 20), math.sqrt(6 / 8)),
     ]:
-        absolute = init_params(ModelSpec(Task.abs, 20, 8, init=init), 0, torch.arange(200))
+        absolute = init_params(ModelSpec("abs", 20, 8, init=init), 0, torch.arange(200))
         assert bound1 >= absolute["W1"].abs().max() > 0.98 * bound1
         assert bound2 >= absolute["W2"].abs().max() > 0.98 * bound2
     # each instance's weights depend only on its own index
-    again = init_params(ModelSpec(Task.identity, 5, 2), 0, torch.tensor([1234]))
+    again = init_params(ModelSpec("identity", 5, 2), 0, torch.tensor([1234]))
     assert torch.equal(again["W"][0], identity["W"][1234])
 
 
@@ -78,7 +78,7 @@ def test_course_scale_is_what_torch_reads_from_the_course_stacked_tensors(n_inst
     """The course calls nn.init.kaiming_uniform_ on (instance, d_hidden, n_features) and
     (instance, n_features, d_hidden) tensors; torch's own bound for them is the course scale,
     whatever the number of instances."""
-    spec = ModelSpec(Task.abs, 100, 40, init=InitScheme.course)
+    spec = ModelSpec("abs", 100, 40, init=InitScheme.course)
     scales = init_scales(spec)
     for name, shape in spec.param_shapes().items():
         if name == "b_final":
@@ -93,10 +93,10 @@ def test_course_scale_is_what_torch_reads_from_the_course_stacked_tensors(n_inst
 
 
 def test_auto_init_resolves_by_task():
-    assert ModelSpec(Task.abs, 4, 2).init_scheme == InitScheme.course
-    assert ModelSpec(Task.identity, 4, 2).init_scheme == InitScheme.per_instance
-    assert ModelSpec(Task.identity, 4, 2, True).init_scheme == InitScheme.per_instance
-    assert ModelSpec(Task.abs, 4, 2, init=InitScheme.per_instance).init_scheme == (
+    assert ModelSpec("abs", 4, 2).init_scheme == InitScheme.course
+    assert ModelSpec("identity", 4, 2).init_scheme == InitScheme.per_instance
+    assert ModelSpec("identity", 4, 2, True).init_scheme == InitScheme.per_instance
+    assert ModelSpec("abs", 4, 2, init=InitScheme.per_instance).init_scheme == (
         InitScheme.per_instance
     )
 

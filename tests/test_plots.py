@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from superposition.figures import __main__ as plot
 from superposition.figures import run_figures as plots
+from superposition.figures import style
 from superposition.store.results import load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -90,7 +91,7 @@ def write_run(
 
 
 def inches(*parts: float) -> int:
-    return round(sum(parts) * plots.DPI)
+    return round(sum(parts) * style.DPI)
 
 
 def assert_png(path: Path, width: int, height: int) -> None:
@@ -203,7 +204,7 @@ def test_level_without_finite_restart_and_missing_history_still_draw(tmp_path):
 
 def test_to_rgba_matches_the_png_size(tmp_path):
     run = load_run(write_run(tmp_path, "identity", n_features=5, d_hidden=2))
-    image = plots.to_rgba(plots.wtw_figure(run))
+    image = style.to_rgba(plots.wtw_figure(run))
     assert image.shape == (325, 600, 4) and image.dtype == np.uint8
 
 

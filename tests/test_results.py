@@ -13,7 +13,6 @@ from superposition.store.files import RESULTS, WEIGHTS, write_tensors
 from superposition.store.outdir import OutputDirError, finished_results
 from superposition.store.results import (
     FORMAT,
-    Baselines,
     DataPairs,
     Exclusion,
     LevelResult,
@@ -95,7 +94,7 @@ def test_a_format_1_file_loads_into_the_typed_results(tmp_path):
     assert results.data == DataPairs(correlated_pairs=0, anticorrelated_pairs=0)
     assert results.excluded == [Exclusion(1, 0), Exclusion(1, 1)]
     first, second = results.levels
-    assert first.baselines == Baselines(constant=0.0433452, no_superposition=0.0245952)
+    assert first.baselines == {"constant": 0.0433452, "no_superposition": 0.0245952}
     assert first.eval_loss == 0.059743624180555344 and first.best_restart == 1
     assert first.metrics == {"features_represented": 2, "mean_interference": None}
     assert second.best_restart is None and second.restart_eval_losses == [None, None]

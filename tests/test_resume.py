@@ -16,7 +16,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 
-from superposition.config import Task, TrainConfig
+from superposition.config import TrainConfig
 from superposition.engine.train import train_grid
 from superposition.grid import sparsity_grid
 from superposition.store.checkpoint import (
@@ -29,7 +29,7 @@ from superposition.tasks.model import ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
-SPEC = ModelSpec(Task.abs, n_features=6, d_hidden=3)
+SPEC = ModelSpec("abs", n_features=6, d_hidden=3)
 GRID = sparsity_grid([1.0, 0.3, 0.05], n_features=6, decay=0.8, restarts=3)
 
 

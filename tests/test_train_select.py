@@ -7,14 +7,15 @@ import torch
 
 from superposition.analysis.evaluate import evaluate_grid
 from superposition.analysis.select import gather_best, select_best
-from superposition.config import Task, TrainConfig
+from superposition.config import Engine, TrainConfig
+from superposition.engine import bytes_per_instance
 from superposition.engine.device import plan_chunk_size
 from superposition.engine.train import train_grid
 from superposition.grid import InstanceGrid, sparsity_grid
 from superposition.tasks.model import ModelSpec
 
 CPU = torch.device("cpu")
-SPEC = ModelSpec(Task.identity, n_features=5, d_hidden=2)
+SPEC = ModelSpec("identity", n_features=5, d_hidden=2)
 
 
 def small_grid(restarts: int = 3) -> InstanceGrid:
@@ -45,7 +46,7 @@ def test_same_seed_same_result_other_seed_other_result():
 
 
 def test_chunked_training_gives_the_unchunked_result():
-    spec = ModelSpec(Task.abs, n_features=6, d_hidden=3)
+    spec = ModelSpec("abs", n_features=6, d_hidden=3)
     grid = sparsity_grid([1.0, 0.3, 0.05], n_features=6, decay=0.8, restarts=3)
     whole = train_grid(spec, grid, train_cfg(), seed=0, device=CPU)
     chunked = train_grid(spec, grid, train_cfg(chunk_size=4), seed=0, device=CPU)
@@ -57,11 +58,13 @@ def test_chunked_training_gives_the_unchunked_result():
 
 
 def test_memory_budget_sets_the_chunk_size():
-    per_instance_budget = plan_chunk_size(SPEC, 10_000, 1024, CPU, memory_budget_mb=1.0)
+    each = bytes_per_instance(SPEC, Engine.fast, 1024)
+    per_instance_budget = plan_chunk_size(each, 10_000, CPU, memory_budget_mb=1.0)
+    assert per_instance_budget == 2**20 // each
     assert 1 <= per_instance_budget < 10_000
-    assert plan_chunk_size(SPEC, 10_000, 1024, CPU, memory_budget_mb=2.0) > per_instance_budget
-    assert plan_chunk_size(SPEC, 10, 1024, CPU, chunk_size=4) == 4
-    assert plan_chunk_size(SPEC, 10, 1024, CPU, memory_budget_mb=1e6) == 10
+    assert plan_chunk_size(each, 10_000, CPU, memory_budget_mb=2.0) > per_instance_budget
+    assert plan_chunk_size(each, 10, CPU, chunk_size=4) == 4
+    assert plan_chunk_size(each, 10, CPU, memory_budget_mb=1e6) == 10
 
 
 def test_a_non_finite_instance_is_frozen_and_excluded_while_the_rest_train_on():

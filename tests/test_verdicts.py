@@ -10,7 +10,7 @@ import torch
 
 from superposition.analysis import geometry, verdicts
 from superposition.figures.phase_figure import SIZE, draw_phase_diagram
-from superposition.figures.run_figures import DPI
+from superposition.figures.style import DPI
 from superposition.store.results import DataPairs, LevelResult, RunResults
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

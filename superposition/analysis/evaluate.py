@@ -15,7 +15,7 @@ from torch import Tensor
 from superposition.config import DataConfig
 from superposition.grid import InstanceGrid
 from superposition.tasks.model import ModelSpec, forward, loss_per_instance, target_of
-from superposition.tasks.sampling import EVAL_STREAM, BatchSampler
+from superposition.tasks.sampling import EVAL_STREAM, BatchSampler, FeatureDistribution
 
 # rows × instances × features evaluated at once; instances are split so that a pass has at least
 # MIN_ROWS_PER_PASS rows
@@ -89,9 +89,10 @@ def held_out_rows(
     """The held-out rows of each instance's grid point (the eval stream keyed by `levels`), in
     passes of at most EVAL_ELEMENTS_PER_PASS elements."""
     rows_per_pass = max(1, EVAL_ELEMENTS_PER_PASS // (levels.shape[0] * spec.n_features))
+    features = FeatureDistribution.of(spec.definition, data)
     for row_start in range(0, rows, rows_per_pass):
         sampler = BatchSampler(
-            spec.task,
+            features,
             seed,
             levels,
             probability,
@@ -99,8 +100,6 @@ def held_out_rows(
             spec.n_features,
             EVAL_STREAM,
             row_start,
-            correlated_pairs=data.correlated_pairs,
-            anticorrelated_pairs=data.anticorrelated_pairs,
         )
         yield sampler(0)
 

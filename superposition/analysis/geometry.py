@@ -38,10 +38,7 @@ Dimensionality: D_i from metrics.dimensionality. The paper's sticky values are S
 represented feature counts for the nearest one when within STICKY_TOLERANCE of it. 2/5 and 3/8
 are only 0.025 apart, less than twice the tolerance, hence "nearest": each feature counts once.
 
-abs baselines (per level, loss as the runner reports it: mean over features of I_i times the
-squared error): abs_constant_loss, every output the constant E|x_i|; abs_no_superposition_loss,
-d_hidden / 2 features computed exactly by antipodal pairs and the rest constant, the best a model
-without superposition can do.
+(The abs baselines, closed forms of the abs task, are in tasks/abs.py.)
 
 Neurons (abs task, W1 (hidden, feature), W2 (feature, hidden)):
 - a weight is strong when its magnitude exceeds STRONG_WEIGHT (a represented feature split
@@ -341,21 +338,7 @@ def asymmetric_neurons(
     ]
 
 
-# ------------------------------------------------------------------------------ abs baselines
-
-
-def abs_constant_loss(importance: Sequence[float], p: float) -> float:
-    """abs loss of a model that computes nothing: every output the constant E|x_i| = p / 2,
-    which costs E[(|x_i| - p/2)²] = p/3 - p²/4 per feature (|x_i| uniform on [0, 1] when active)."""
-    return sum(importance) * (p / 3 - p**2 / 4) / len(importance)
-
-
-def abs_no_superposition_loss(importance: Sequence[float], p: float, d_hidden: int) -> float:
-    """abs loss of the best model without superposition: the d_hidden // 2 most important
-    features computed exactly by antipodal neuron pairs (|x| = ReLU(x) + ReLU(-x)), the rest left
-    to the constant p / 2."""
-    order = sorted(importance, reverse=True)
-    return sum(order[d_hidden // 2 :]) * (p / 3 - p**2 / 4) / len(importance)
+# ------------------------------------------------------------------------------ abs features
 
 
 def important_feature_count(d_hidden: int) -> int:

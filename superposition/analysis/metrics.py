@@ -23,14 +23,18 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
+from superposition import tasks
+from superposition.tasks.task import Shape
+
 REPRESENTED_NORM = 0.5
 MONOSEMANTIC_SHARE = 0.99
 DEAD_NEURON_NORM = 1e-3
 
 
 def feature_matrix(task: str, weights: dict[str, Tensor]) -> Tensor:
-    """The (..., hidden, feature) matrix whose columns are the features: W, or W1 for abs."""
-    return weights["W1"] if task == "abs" else weights["W"]
+    """The (..., hidden, feature) matrix whose columns are the features: the task's
+    feature_weights (W for identity, W1 for abs)."""
+    return weights[tasks.get(task).feature_weights]
 
 
 def feature_norms(W: Annotated[Tensor, "... hidden feature"]) -> Annotated[Tensor, "... feature"]:
@@ -90,8 +94,9 @@ def monosemantic_fraction(W: Annotated[Tensor, "hidden feature"]) -> float | Non
 
 
 def has_privileged_basis(task: str, hidden_relu: bool) -> bool:
-    """Neurons mean something only behind a ReLU: abs always, identity with hidden_relu."""
-    return task == "abs" or bool(hidden_relu)
+    """Neurons mean something only behind a ReLU (the task says where: abs always, identity with
+    hidden_relu); the sizes do not enter."""
+    return bool(tasks.get(task).privileged_basis(Shape(0, 0, bool(hidden_relu))))
 
 
 def _mean(values: Tensor) -> float | None:
@@ -145,8 +150,13 @@ def level_metrics(task: str, weights: dict[str, Tensor], hidden_relu: bool) -> l
     return rows
 
 
+def computes_signs(task: str) -> bool:
+    """Whether the task's metrics include which signs of x it computes (abs)."""
+    return "signs" in tasks.get(task).metrics
+
+
 def _sign_metrics(task: str, weights: dict[str, Tensor], level: int) -> dict[str, int | None]:
-    if task != "abs":
+    if not computes_signs(task):
         return {"features_computed_both_signs": None, "features_computed_one_sign": None}
     both, one = sign_counts(computed_fraction({k: v[level] for k, v in weights.items()}))
     return {"features_computed_both_signs": both, "features_computed_one_sign": one}
@@ -194,8 +204,8 @@ def sign_counts(share: Annotated[Tensor, "sign feature"]) -> tuple[int, int]:
 
 def one_sign_features(task: str, weights: dict[str, Tensor]) -> list[list[int] | None]:
     """abs, per level (level axis first): the features computed for one sign of x only; None
-    for a level whose weights are not all finite, and for identity."""
-    if task != "abs":
+    for a level whose weights are not all finite, and for tasks without sign metrics."""
+    if not computes_signs(task):
         return [None] * next(iter(weights.values())).shape[0]
     rows = []
     for level in range(weights["W1"].shape[0]):

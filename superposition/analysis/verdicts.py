@@ -29,8 +29,8 @@ The checks and their thresholds (the geometry, phase and neuron rules are geomet
   densest level and at most NEURON_SPARSE_MAX at the sparsest; at every level with
   p >= NEURON_SIGNS_MIN_P the NEURON_TOP_FEATURES most important features are computed for both
   signs of x (metrics.computed_fraction); at every level with NEURON_LOSS_MIN_P <= p < 1 the kept
-  loss is at most NEURON_LOSS_SHARE_MAX of a constant model's (geometry.abs_constant_loss). The
-  notes give the kept loss over geometry.abs_no_superposition_loss.
+  loss is at most NEURON_LOSS_SHARE_MAX of a constant model's (abs_task.constant_loss). The
+  notes give the kept loss over abs_task.no_superposition_loss.
 - antipodal_neurons (abs 20 -> 10): at every level at least ANTIPODAL_MIN_FEATURES features are
   computed by an antipodal neuron pair (geometry.antipodal_neuron_pairs).
 - asymmetric_motif (abs 10 -> 10): at every level at least ASYMMETRIC_MIN_NEURONS neurons show
@@ -56,8 +56,10 @@ import torch
 from torch import Tensor
 
 from superposition.analysis import geometry, metrics
+from superposition.config import Config, ConfigError
 from superposition.store.files import write_atomically
 from superposition.store.results import RunResults
+from superposition.tasks import abs as abs_task
 
 REPORT = "report.md"
 
@@ -92,7 +94,7 @@ NEURON_SPARSE_MAX = 0.2
 # every p >= 0.03 (every restart, seeds 0-2); sparser, neither trainer gets there in that budget
 NEURON_TOP_FEATURES = 10  # geometry.important_feature_count(40)
 NEURON_SIGNS_MIN_P = 0.03
-# the kept loss over a constant model's (geometry.abs_constant_loss): a feature computed for one
+# the kept loss over a constant model's (abs_task.constant_loss): a feature computed for one
 # sign only keeps half of its loss, so a model in that minimum sits at 0.4-0.55; the course
 # loop's models are at 0.01-0.04 for 0.01 <= p <= 0.3 (at p = 1 nothing is in superposition,
 # and at p <= 0.003 the 5000 steps do not suffice for either trainer)
@@ -568,7 +570,7 @@ def loss_over_constant(level: Level) -> float | None:
     """The kept loss over the loss of a model that outputs the constant E|x_i| for every feature."""
     if level.skipped or level.eval_loss is None or not level.importance:
         return None
-    return level.eval_loss / geometry.abs_constant_loss(level.importance, level.p)
+    return level.eval_loss / abs_task.constant_loss(level.importance, level.p)
 
 
 def _loss_check(levels: Sequence[Level]) -> Check:
@@ -594,7 +596,7 @@ def _baselines_note(levels: Sequence[Level], d_hidden: int) -> str:
     for lv in _kept(levels):
         if lv.eval_loss is None or not lv.importance:
             continue
-        floor = geometry.abs_no_superposition_loss(lv.importance, lv.p, d_hidden)
+        floor = abs_task.no_superposition_loss(lv.importance, lv.p, d_hidden)
         parts.append(f"{lv.label}: {lv.eval_loss / floor:.2g}" if floor > 0 else f"{lv.label}: –")
     return (
         "kept loss over the best loss without superposition (d_hidden / 2 features by antipodal "
@@ -833,3 +835,29 @@ def judge(preset: str, results: RunResults, weights: dict[str, Tensor]) -> Repor
     levels = levels_of(results, weights)
     checks, notes = spec.judge(results, levels)
     return Report(preset, spec.title, checks, spec.shows, [*_skipped_notes(levels), *notes])
+
+
+# what a preset's verdict needs of the run it judges, beyond the preset's own YAML
+_NEEDS = {
+    "phase_diagram": (lambda c: bool(c.sweep.relative_importance), "sweep.relative_importance"),
+    "correlated": (lambda c: c.data.correlated_pairs >= 1, "data.correlated_pairs >= 1"),
+    "anticorrelated": (
+        lambda c: c.data.anticorrelated_pairs >= 1,
+        "data.anticorrelated_pairs >= 1",
+    ),
+}
+
+
+def check_preset(config: Config) -> None:
+    """ConfigError (one line) when config.preset is unknown or the run lacks what its verdict
+    judges."""
+    preset = config.preset
+    if preset is None:
+        return
+    if preset not in _PRESETS:
+        raise ConfigError(
+            f"preset must be one of {', '.join(PRESETS)} (set by preset=...), got {preset}"
+        )
+    fits, what = _NEEDS.get(preset, (lambda c: True, ""))
+    if not fits(config):
+        raise ConfigError(f"preset={preset} judges a run with {what}; set it or drop the preset")

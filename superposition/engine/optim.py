@@ -60,17 +60,17 @@ class InstanceAdam:
 
     @torch.no_grad()
     def step(
-        self, lr: float, alive: Annotated[Tensor, "instance"], grads: list[Tensor] | None = None
+        self, lr: float, finite: Annotated[Tensor, "instance"], grads: list[Tensor] | None = None
     ) -> None:
-        """One update with `grads` (default: each parameter's .grad); frozen where not alive.
+        """One update with `grads` (default: each parameter's .grad); frozen where not finite.
 
         On a CPU the frozen parameters are only copied when an instance is frozen (reading
-        `alive` costs nothing there); with sync_free (the default on a GPU) always, so that the
+        `finite` costs nothing there); with sync_free (the default on a GPU) always, so that the
         step never waits for the device.
         """
         if grads is None:
             grads = [p.grad for p in self.params]
-        restore = self.sync_free or not bool(alive.all())
+        restore = self.sync_free or not bool(finite.all())
         before = [p.detach().clone() for p in self.params] if restore else []
         update = adamw if self.kind == Optimizer.adamw else adam
         update(
@@ -91,7 +91,7 @@ class InstanceAdam:
             maximize=False,
         )
         for p, old in zip(self.params, before, strict=False):
-            p.copy_(torch.where(alive.view(-1, *([1] * (p.dim() - 1))), p, old))
+            p.copy_(torch.where(finite.view(-1, *([1] * (p.dim() - 1))), p, old))
 
     def state_dict(self) -> dict:
         return {

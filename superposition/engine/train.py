@@ -12,13 +12,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from superposition.config import DataConfig, TrainConfig
+from superposition.engine import GRADIENTS, bytes_per_instance, resolve_engine
 from superposition.engine.device import plan_chunk_size, release_freed_memory
-from superposition.engine.fast.gradients import Workspace, loss_and_gradients
-from superposition.engine.fast.packed_batches import DenseSampler, SparseSampler, make_samplers
 from superposition.engine.optim import InstanceAdam, learning_rate
 from superposition.grid import InstanceGrid
 from superposition.store.checkpoint import Checkpointer, CheckpointError, StopSignals
 from superposition.tasks.model import ModelSpec, init_params
+from superposition.tasks.sampling import FeatureDistribution
 
 
 @dataclass
@@ -26,7 +26,8 @@ class TrainResult:
     """Trained parameters (instance axis first, on the CPU) and the training-loss record.
 
     finite is False where an instance's loss or gradient turned non-finite and the instance froze.
-    sampler_overflows counts the batches that a sparse sampler cut at its capacity (batches.py).
+    sampler_overflows counts the batches that a sparse sampler cut at its capacity
+    (engine/batches.py).
     """
 
     params: dict[str, Tensor]
@@ -77,60 +78,14 @@ class _LossReadout:
         return self.shown
 
 
-@dataclass
-class _Group:
-    """Consecutive instances of a chunk that share one sampler (one feature probability, or
-    merged sparse levels, see batches.make_samplers); with
-    views of the chunk's parameters, gradients and importance (taken once: they live as long)."""
-
-    part: slice
-    sampler: DenseSampler | SparseSampler
-    work: Workspace
-    params: dict[str, Tensor] | None = None
-    grads: dict[str, Tensor] | None = None
-    importance: Tensor | None = None
-
-
-def _groups_of(
-    spec: ModelSpec,
-    batch_size: int,
-    seed: int,
-    instances: Annotated[Tensor, "instance"],
-    probability: list[float],
-    sync_free: bool,
-    correlated_pairs: int = 0,
-    anticorrelated_pairs: int = 0,
-) -> list[_Group]:
-    samplers = make_samplers(
-        spec.task,
-        seed,
-        instances,
-        probability,
-        batch_size,
-        spec.n_features,
-        exact_rows=not sync_free,
-        correlated_pairs=correlated_pairs,
-        anticorrelated_pairs=anticorrelated_pairs,
-    )
-    return [
-        _Group(
-            part,
-            sampler,
-            Workspace(spec, part.stop - part.start, sampler.max_rows, instances.device),
-        )
-        for part, sampler in samplers
-    ]
-
-
 class ChunkRun:
     """Training of one chunk of instances, one step at a time, with a state that can be saved.
 
-    A step samples each group's batch, writes the hand-written gradients (gradients.py) into one
-    buffer per parameter, freezes instances whose gradient or loss is not finite, and takes an
-    Adam step. With sync_free (the default on a GPU) nothing in a step reads from the device, so
-    the host queues steps ahead of the GPU; on a CPU reading a count is free, and the sparse
-    batches use it to size themselves exactly. With correlated or anticorrelated pairs (the
-    course's, see data.pair_features) every group is sampled densely.
+    A step has the engine write every parameter's gradient into one buffer per parameter
+    (engine/fast/step.py or engine/autograd.py), freezes instances whose gradient or loss is not
+    finite, and takes an Adam step. With sync_free (the default on a GPU) nothing in a step reads
+    from the device, so the host queues steps ahead of the GPU; on a CPU reading a count is free,
+    and the sparse batches use it to size themselves exactly.
     """
 
     def __init__(
@@ -144,47 +99,47 @@ class ChunkRun:
         saved: dict | None = None,
         sync_free: bool | None = None,
         *,
-        correlated_pairs: int = 0,
-        anticorrelated_pairs: int = 0,
+        features: FeatureDistribution | None = None,
     ):
         device = instances.device
         sync_free = device.type != "cpu" if sync_free is None else sync_free
+        features = FeatureDistribution.of(spec.definition) if features is None else features
         self.spec, self.cfg, self.importance = spec, cfg, importance
         self.start = int(instances[0])
-        self.groups = _groups_of(
-            spec,
-            cfg.batch_size,
-            seed,
-            instances,
-            probability,
-            sync_free,
-            correlated_pairs,
-            anticorrelated_pairs,
-        )
         self.logged = history_steps(cfg.steps, cfg.log_every)
         if saved is None:
             self.params = init_params(spec, seed, instances)
-            self.alive = torch.ones(instances.shape[0], dtype=torch.bool, device=device)
+            self.finite = torch.ones(instances.shape[0], dtype=torch.bool, device=device)
             n_logs = len(self.logged)
             self.history = torch.full((n_logs, instances.shape[0]), torch.nan, device=device)
             self.step = 0
         else:
             self.params = {k: v.to(device) for k, v in saved["params"].items()}
-            self.alive = saved["alive"].to(device)
+            # "alive" in checkpoints of earlier versions
+            self.finite = saved["finite" if "finite" in saved else "alive"].to(device)
             self.history = saved["history"].to(device)
             self.step = saved["step"]
         self.grads = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        for group in self.groups:
-            group.params = {k: v[group.part] for k, v in self.params.items()}
-            group.grads = {k: v[group.part] for k, v in self.grads.items()}
-            group.importance = importance[group.part]
+        engine = GRADIENTS[resolve_engine(spec, cfg.engine)]
+        self.gradients = engine(
+            spec,
+            features,
+            seed,
+            instances,
+            probability,
+            cfg.batch_size,
+            self.params,
+            self.grads,
+            importance,
+            sync_free,
+        )
         self.optimizer = InstanceAdam(
             list(self.params.values()), cfg.optimizer, cfg.weight_decay, sync_free=sync_free
         )
         if saved is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
-            for group in self.groups:
-                if "overflows" in saved:  # absent in checkpoints of earlier versions
+            if "overflows" in saved:  # absent in checkpoints of earlier versions
+                for group in self.gradients.groups:
                     group.sampler.overflows.copy_(saved["overflows"][group.part])
         self.next_log = sum(1 for s in self.logged if s < self.step)
 
@@ -192,26 +147,12 @@ class ChunkRun:
         """One optimiser step; returns the losses when this step is one that is recorded."""
         step, cfg = self.step, self.cfg
         logging = step == self.logged[self.next_log]
-        losses = []
-        for group in self.groups:
-            loss = loss_and_gradients(
-                self.spec,
-                group.params,
-                group.sampler(step),
-                group.importance,
-                group.grads,
-                group.work,
-                want_loss=logging,
-            )
-            losses.append(loss)
-        # ∂b sums g over the batch, and any non-finite value upstream reaches g: checking ∂b
-        # catches a non-finite gradient of any parameter
-        self.alive &= torch.isfinite(self.grads["b_final"]).all(dim=1)
-        loss = torch.cat(losses) if logging else None
+        loss = self.gradients(step, want_loss=logging)
+        self.finite &= self.gradients.finite()
         if loss is not None:
-            self.alive &= torch.isfinite(loss)
+            self.finite &= torch.isfinite(loss)
         lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
-        self.optimizer.step(lr, self.alive, list(self.grads.values()))
+        self.optimizer.step(lr, self.finite, list(self.grads.values()))
         self.step += 1
         if loss is not None:
             self.history[self.next_log] = loss
@@ -220,7 +161,7 @@ class ChunkRun:
 
     @property
     def overflows(self) -> Annotated[Tensor, "instance"]:
-        return torch.cat([group.sampler.overflows for group in self.groups])
+        return torch.cat([group.sampler.overflows for group in self.gradients.groups])
 
     @property
     def done(self) -> bool:
@@ -232,7 +173,7 @@ class ChunkRun:
             "step": self.step,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizer": self.optimizer.state_dict(),
-            "alive": self.alive.cpu(),
+            "finite": self.finite.cpu(),
             "history": self.history.cpu(),
             "overflows": self.overflows.cpu(),
         }
@@ -241,7 +182,7 @@ class ChunkRun:
         return {
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "history": self.history.cpu(),
-            "finite": self.alive.cpu(),
+            "finite": self.finite.cpu(),
             "overflows": self.overflows.cpu(),
         }
 
@@ -319,6 +260,52 @@ def check_saved_state(saved: dict, spec: ModelSpec, n_instances: int, cfg: Train
         check_history(current.get("history"), count, "current chunk")
 
 
+@dataclass
+class _Progress:
+    """Where training stands: the chunk size, the joined outcomes of finished chunks, the state
+    of the chunk in progress (from a checkpoint), and the seconds trained before."""
+
+    chunk: int
+    finished: list[dict]
+    current: dict | None
+    seconds_before: float
+
+    @property
+    def n_done(self) -> int:
+        return sum(o["finite"].shape[0] for o in self.finished)
+
+
+def _progress_of(
+    spec: ModelSpec,
+    grid: InstanceGrid,
+    cfg: TrainConfig,
+    device: torch.device,
+    saved: dict | None,
+) -> _Progress:
+    n = grid.n_instances
+    if saved is not None:
+        check_saved_state(saved, spec, n, cfg)
+        finished = [saved["finished"]] if saved["finished"] is not None else []
+        return _Progress(saved["chunk_size"], finished, saved["current"], saved["seconds"])
+    probabilities = grid.feature_probability.float().tolist()
+    per_instance = bytes_per_instance(spec, cfg.engine, cfg.batch_size, probabilities)
+    chunk = plan_chunk_size(per_instance, n, device, cfg.chunk_size, cfg.memory_budget_mb)
+    return _Progress(chunk, [], None, 0.0)
+
+
+def _progress_bar(cfg: TrainConfig, n: int, progress: _Progress) -> tqdm:
+    n_chunks = -(-n // progress.chunk)
+    done = cfg.steps * (progress.n_done // progress.chunk)
+    return tqdm(
+        total=cfg.steps * n_chunks,
+        initial=done + (progress.current["step"] if progress.current else 0),
+        desc=f"train {n} instances" + (f" in {n_chunks} chunks" if n_chunks > 1 else ""),
+        unit="step",
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
+
+
 def train_grid(
     spec: ModelSpec,
     grid: InstanceGrid,
@@ -337,54 +324,29 @@ def train_grid(
     SIGUSR2 or SIGINT one is saved before training stops (see checkpoint.StopSignals).
     `data` sets the course's correlated and anticorrelated pairs (default: none).
     """
-    data = DataConfig() if data is None else data
+    features = FeatureDistribution.of(spec.definition, data)
     n = grid.n_instances
-    if saved is not None:
-        check_saved_state(saved, spec, n, cfg)
-        chunk = saved["chunk_size"]
-        finished = [saved["finished"]] if saved["finished"] is not None else []
-        current = saved["current"]
-        seconds_before = saved["seconds"]
-    else:
-        chunk = plan_chunk_size(
-            spec,
-            n,
-            cfg.batch_size,
-            device,
-            cfg.chunk_size,
-            cfg.memory_budget_mb,
-            probabilities=grid.feature_probability.float().tolist(),
-        )
-        finished, current, seconds_before = [], None, 0.0
+    progress = _progress_of(spec, grid, cfg, device, saved)
+    chunk, finished = progress.chunk, progress.finished
     probability = grid.instance_probability().tolist()
     importance = grid.instance_importance().to(device)
-    n_chunks = -(-n // chunk)
-    n_done = sum(o["finite"].shape[0] for o in finished)
     start_time = time.perf_counter()
 
     def snapshot(run: ChunkRun | None) -> dict:
         return {
             "chunk_size": chunk,
-            "seconds": seconds_before + time.perf_counter() - start_time,
+            "seconds": progress.seconds_before + time.perf_counter() - start_time,
             "finished": _join(finished) if finished else None,
             "current": run.state_dict() if run is not None else None,
         }
 
     readout = _LossReadout(device)
     stop_signals = StopSignals() if checkpointer is not None else contextlib.nullcontext()
-    with (
-        stop_signals as stop,
-        tqdm(
-            total=cfg.steps * n_chunks,
-            initial=cfg.steps * (n_done // chunk) + (current["step"] if current else 0),
-            desc=f"train {n} instances" + (f" in {n_chunks} chunks" if n_chunks > 1 else ""),
-            unit="step",
-            mininterval=0.5,
-            dynamic_ncols=True,
-        ) as progress,
-    ):
+    n_done = progress.n_done
+    with stop_signals as stop, _progress_bar(cfg, n, progress) as bar:
         for start in range(n_done, n, chunk):
             instances = torch.arange(start, min(start + chunk, n), device=device)
+            current = progress.current
             resume = current if current is not None and current["start"] == start else None
             run = ChunkRun(
                 spec,
@@ -394,16 +356,15 @@ def train_grid(
                 probability[start : start + chunk],
                 importance[instances],
                 resume,
-                correlated_pairs=data.correlated_pairs,
-                anticorrelated_pairs=data.anticorrelated_pairs,
+                features=features,
             )
             while not run.done:
                 loss = run.advance()
-                progress.update(1)
+                bar.update(1)
                 if loss is not None:
                     shown = readout.push(loss)
                     if shown is not None:
-                        progress.set_postfix(loss=f"{shown:.4g}", refresh=False)
+                        bar.set_postfix(loss=f"{shown:.4g}", refresh=False)
                 if checkpointer is not None and (checkpointer.due(run.step) or stop.received):
                     checkpointer.save(snapshot(run))
                     if stop.received:
@@ -424,6 +385,6 @@ def train_grid(
         loss_history=joined["history"],
         finite=joined["finite"],
         sampler_overflows=joined["overflows"],
-        seconds=seconds_before + time.perf_counter() - start_time,
+        seconds=progress.seconds_before + time.perf_counter() - start_time,
         chunk_size=chunk,
     )

@@ -5,8 +5,8 @@ each grid cell is filled with the class of its trained weights (verdicts.classif
 cell without finite weights is left blank, and a cell clear of the boundaries whose class is not the
 analytic phase is crossed out. The analytic boundaries are drawn on top: s*(r) (superposition
 wins to its left) and, right of s*(1) = 4/7, the line r = 1 between "not represented" (below) and
-"dedicated" (above). Drawn like plots.py: a plain Agg Figure of a fixed size under plots.STYLE,
-written atomically.
+"dedicated" (above). Drawn like run_figures.py: a plain Agg Figure of a fixed size under
+style.STYLE, written atomically.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from torch import Tensor
 
 from superposition.analysis import geometry
 from superposition.analysis.verdicts import PhaseCells, classify_phase_cells, grid_agreement
-from superposition.figures import run_figures as plots
+from superposition.figures import style
 from superposition.store.results import RunResults
 
-SIZE = (7.0, 5.0)  # inches, multiples of 1/4 like plots.py's
+SIZE = (7.0, 5.0)  # inches, multiples of 1/4 like run_figures.py's
 PHASE_COLORS = {
     geometry.NOT_REPRESENTED: "#d9d9d9",
     geometry.DEDICATED: "#4c72b0",
@@ -92,9 +92,9 @@ def _title(cells: PhaseCells, results: RunResults) -> str:
 
 
 def phase_figure(cells: PhaseCells, results: RunResults) -> Figure:
-    fig = plots._figure(*SIZE)
-    margins = plots.Margins(left=0.7, right=2.2, top=0.5, bottom=0.55)
-    ax = plots._axes_grid(fig, 1, 1, margins)[0, 0]
+    fig = style.new_figure(*SIZE)
+    margins = style.Margins(left=0.7, right=2.2, top=0.5, bottom=0.55)
+    ax = style.axes_grid(fig, 1, 1, margins)[0, 0]
     p_edges = _log_edges(sorted(cells.p_values))
     r_edges = _log_edges(sorted(cells.r_values))
     colors = [PHASE_COLORS[phase] for phase in geometry.PHASES]
@@ -118,12 +118,12 @@ def phase_figure(cells: PhaseCells, results: RunResults) -> Figure:
         Line2D([], [], marker="x", color="black", linestyle="none", label="disagrees with theory")
     )
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False)
-    plots._suptitle(fig, _title(cells, results))
+    style.suptitle(fig, _title(cells, results))
     return fig
 
 
 def draw_phase_diagram(results: RunResults, weights: dict[str, Tensor], path: Path | str) -> Path:
     """Draw the phase diagram of a phase sweep into `path` (a PNG); return the path."""
     cells = classify_phase_cells(results, weights)
-    with matplotlib.style.context(["default", plots.STYLE]):
-        return plots.save_png(phase_figure(cells, results), Path(path))
+    with matplotlib.style.context(["default", style.STYLE]):
+        return style.save_png(phase_figure(cells, results), Path(path))

@@ -25,14 +25,12 @@ point.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import matplotlib
 import matplotlib.style
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection, QuadMesh
 from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
@@ -41,17 +39,27 @@ from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from superposition import tasks
 from superposition.analysis import metrics
-from superposition.store.files import write_atomically
+from superposition.analysis.verdicts import classify_phase_cells
+from superposition.figures.phase_figure import phase_figure
+from superposition.figures.style import (
+    COLORBAR,
+    STYLE,
+    Margins,
+    axes_grid,
+    colorbar,
+    new_figure,
+    save_png,
+    suptitle,
+)
 from superposition.store.results import Run, load_run
 
 PLOTS_DIR = "plots"
-DPI = 100
 # inches; multiples of 1/4 so that inches × DPI is an exact integer
 PANEL = 2.5  # one level's panel, square figures
 MATRIX_ROW = 1.75  # one row of abs W1 / W2ᵀ heatmaps
 BAR_ROW = 2.25  # one row of neuron bars
-COLORBAR = 1.0  # room right of the panels for a colorbar
 HEADER = 0.75  # room for the suptitle and axis labels
 MIN_WIDTH = 6.0  # of a figure with a panel per level, so that its title fits
 SINGLE = (8.0, 5.0)  # dimensionality.png
@@ -60,25 +68,19 @@ LOSS_PANEL = (6.5, 4.75)  # each panel of loss.png
 STICKY_FRACTIONS = [(1, "1"), (3 / 4, "3/4"), (2 / 3, "2/3"), (1 / 2, "1/2"), (2 / 5, "2/5")]
 STICKY_FRACTIONS += [(3 / 8, "3/8")]
 
-STYLE = {
-    "savefig.bbox": "standard",
-    "savefig.transparent": False,
-    "figure.facecolor": "white",
-    "savefig.facecolor": "white",
-    "font.size": 8,
-    "axes.titlesize": 9,
-    "axes.labelsize": 8,
-    "figure.titlesize": 10,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "legend.fontsize": 7,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-}
-
 
 # Figures draw a store.results.Run: results.json, the selected weights (level axis first) and,
 # when present, the loss record. What they need of it beyond its fields:
+
+
+def feature_name(run: Run) -> str:
+    """The parameter whose columns are the features (W, or W1 for abs)."""
+    return tasks.get(run.task).feature_weights
+
+
+def decoder_name(run: Run) -> str | None:
+    """The (feature, hidden) parameter of an untied task (W2 for abs), None when tied."""
+    return tasks.get(run.task).decoder_weights
 
 
 def privileged(run: Run) -> bool:
@@ -119,66 +121,14 @@ def probabilities(run: Run) -> list[float]:
 # --------------------------------------------------------------------------------------- helpers
 
 
-@dataclass(frozen=True)
-class Margins:
-    """Fixed room around and between panels, in inches (no layout engine: fast, predictable)."""
-
-    left: float = 0.55
-    right: float = COLORBAR
-    top: float = 0.6
-    bottom: float = 0.45
-    wgap: float = 0.4
-    hgap: float = 0.6
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _levels_width(n_levels: int) -> float:
     """Width of a figure with one panel per level: the panels and a colorbar, at least MIN_WIDTH."""
     return max(n_levels * PANEL + COLORBAR, MIN_WIDTH)
 
 
-def _axes_grid(
-    fig: Figure, nrows: int, ncols: int, margins: Margins, sharey: str | None = None
-) -> np.ndarray:
-    width, height = fig.get_size_inches()
-    m = margins
-    panel_w = (width - m.left - m.right - (ncols - 1) * m.wgap) / ncols
-    panel_h = (height - m.top - m.bottom - (nrows - 1) * m.hgap) / nrows
-    grid = {
-        "left": m.left / width,
-        "right": 1 - m.right / width,
-        "bottom": m.bottom / height,
-        "top": 1 - m.top / height,
-        "wspace": m.wgap / panel_w,
-        "hspace": m.hgap / panel_h,
-    }
-    return fig.subplots(nrows, ncols, squeeze=False, sharey=sharey, gridspec_kw=grid)
-
-
-def _colorbar(fig: Figure, mappable, axes, label: str):
-    """A colorbar in the right margin, as tall as the given axes."""
-    boxes = [ax.get_position() for ax in np.ravel(axes)]
-    y0, y1 = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
-    width, _ = fig.get_size_inches()
-    cax = fig.add_axes(
-        (1 - (COLORBAR - 0.2) / width, y0 + 0.05 * (y1 - y0), 0.12 / width, 0.9 * (y1 - y0))
-    )
-    return fig.colorbar(mappable, cax=cax, label=label)
-
-
-def _suptitle(fig: Figure, text: str) -> None:
-    _, height = fig.get_size_inches()
-    fig.suptitle(text, y=1 - 0.08 / height, va="top")
-
-
 def _header(run: Run, what: str) -> str:
     r = run.results
-    relu = ", hidden ReLU" if r.hidden_relu and run.task == "identity" else ""
+    relu = ", hidden ReLU" if r.hidden_relu else ""
     return f"{what} — {run.task}: n_features={r.n_features}, d_hidden={r.d_hidden}{relu}"
 
 
@@ -271,8 +221,8 @@ def features_2d_figure(run: Run) -> Figure:
     """The course's pentagon picture: each feature a line from the origin to its column."""
     W = feature_array(run)
     n_levels = run.n_levels
-    fig = _figure(_levels_width(n_levels), PANEL + HEADER)
-    axes = _axes_grid(fig, 1, n_levels, Margins(left=0.45, bottom=0.35, wgap=0.35))[0]
+    fig = new_figure(_levels_width(n_levels), PANEL + HEADER)
+    axes = axes_grid(fig, 1, n_levels, Margins(left=0.45, bottom=0.35, wgap=0.35))[0]
     cmap, norm = matplotlib.colormaps["viridis"], _importance_norm(run)
     finite = finite_levels(run)
     norms = [np.linalg.norm(W[lv], axis=0).max() for lv in range(n_levels) if finite[lv]]
@@ -297,29 +247,33 @@ def features_2d_figure(run: Run) -> Figure:
         ax.scatter(ends[:, 0], ends[:, 1], c=colors, s=22, zorder=3, edgecolors="none")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
-    label = "W1" if run.task == "abs" else "W"
-    _suptitle(fig, _header(run, f"features in 2D (columns of {label})"))
-    _colorbar(fig, ScalarMappable(norm, cmap), axes, "importance")
+    suptitle(fig, _header(run, f"features in 2D (columns of {feature_name(run)})"))
+    colorbar(fig, ScalarMappable(norm, cmap), axes, "importance")
     return fig
 
 
 def wtw_figure(run: Run) -> Figure:
-    """identity: WᵀW (feature × feature); abs: W1 and W2ᵀ (neuron × feature). One colour scale
-    per row, symmetric about 0 and shared by the levels."""
+    """A tied model (identity): WᵀW (feature × feature); an untied one (abs): W1 and W2ᵀ
+    (neuron × feature). One colour scale per row, symmetric about 0 and shared by the levels."""
     n_levels = run.n_levels
-    if run.task == "abs":
+    encoder, decoder = feature_name(run), decoder_name(run)
+    if decoder is not None:
         w = run.weights
         rows = [
-            ("W1", w["W1"].double().numpy(), "W1\nneuron"),
-            (r"W2$^\top$", w["W2"].double().numpy().transpose(0, 2, 1), "W2$^\\top$\nneuron"),
+            (encoder, w[encoder].double().numpy(), f"{encoder}\nneuron"),
+            (
+                f"{decoder}$^\\top$",
+                w[decoder].double().numpy().transpose(0, 2, 1),
+                f"{decoder}$^\\top$\nneuron",
+            ),
         ]
         row_height, aspect = MATRIX_ROW, "auto"
     else:
         W = feature_array(run)
-        rows = [(r"W$^\top$W", W.transpose(0, 2, 1) @ W, "feature")]
+        rows = [(f"{encoder}$^\\top${encoder}", W.transpose(0, 2, 1) @ W, "feature")]
         row_height, aspect = PANEL, "equal"
-    fig = _figure(_levels_width(n_levels), len(rows) * row_height + HEADER)
-    axes = _axes_grid(fig, len(rows), n_levels, Margins(left=0.65, wgap=0.45, hgap=0.45))
+    fig = new_figure(_levels_width(n_levels), len(rows) * row_height + HEADER)
+    axes = axes_grid(fig, len(rows), n_levels, Margins(left=0.65, wgap=0.45, hgap=0.45))
     finite = finite_levels(run)
     cmap = matplotlib.colormaps["RdBu"]
     for r, (name, matrices, ylabel) in enumerate(rows):
@@ -339,9 +293,9 @@ def wtw_figure(run: Run) -> Figure:
                 ax.set_ylabel(ylabel)
             if r == len(rows) - 1:
                 ax.set_xlabel("feature")
-        _colorbar(fig, ScalarMappable(norm, cmap), axes[r, :], name)
-    what = "weights" if run.task == "abs" else r"W$^\top$W"
-    _suptitle(fig, _header(run, what))
+        colorbar(fig, ScalarMappable(norm, cmap), axes[r, :], name)
+    what = "weights" if decoder is not None else f"{encoder}$^\\top${encoder}"
+    suptitle(fig, _header(run, what))
     return fig
 
 
@@ -370,7 +324,7 @@ def neurons_figure(run: Run) -> Figure:
     feature_cmap = _feature_colors(n_features)
     feature_norm = BoundaryNorm(np.arange(n_features + 1) - 0.5, n_features)
     by_feature = feature_cmap(np.arange(n_features))
-    name = "W1" if run.task == "abs" else "W"
+    name, decoder = feature_name(run), decoder_name(run)
     rows: list[tuple[str, np.ndarray, Callable[[int], np.ndarray], bool]] = [
         (
             f"{name} exposure\n(by interference)",
@@ -380,14 +334,15 @@ def neurons_figure(run: Run) -> Figure:
         )
     ]
     one_sign = {}
-    if run.task == "abs":
-        W2t = run.weights["W2"].double().numpy().transpose(0, 2, 1)
-        rows.append(("W1 exposure\n(by feature)", W, lambda lv: by_feature, True))
-        rows.append(("W2$^\\top$ exposure\n(by feature)", W2t, lambda lv: by_feature, True))
+    if decoder is not None:
+        W2t = run.weights[decoder].double().numpy().transpose(0, 2, 1)
+        rows.append((f"{name} exposure\n(by feature)", W, lambda lv: by_feature, True))
+        rows.append((f"{decoder}$^\\top$ exposure\n(by feature)", W2t, lambda lv: by_feature, True))
+    if metrics.computes_signs(run.task):
         one_sign = {lv: one_sign_features(run, lv) for lv in live}
-    fig = _figure(_levels_width(n_levels), len(rows) * BAR_ROW + HEADER)
+    fig = new_figure(_levels_width(n_levels), len(rows) * BAR_ROW + HEADER)
     margins = Margins(left=0.75, wgap=0.25, hgap=0.45)
-    axes = _axes_grid(fig, len(rows), n_levels, margins, sharey="row")
+    axes = axes_grid(fig, len(rows), n_levels, margins, sharey="row")
     for r, (label, matrices, colors_of, mark_signs) in enumerate(rows):
         for level, p in enumerate(probabilities(run)):
             ax = axes[r, level]
@@ -407,14 +362,14 @@ def neurons_figure(run: Run) -> Figure:
                 ax.set_xlabel("neuron")
         if live:
             axes[r, 0].set_ylim(*_stack_limits([matrices[lv] for lv in live]))
-    _colorbar(fig, ScalarMappable(interference_norm, interference_cmap), axes[0, :], "interference")
+    colorbar(fig, ScalarMappable(interference_norm, interference_cmap), axes[0, :], "interference")
     if len(rows) > 1:
-        bar = _colorbar(fig, ScalarMappable(feature_norm, feature_cmap), axes[1:, :], "feature")
+        bar = colorbar(fig, ScalarMappable(feature_norm, feature_cmap), axes[1:, :], "feature")
         bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     what = "neurons: stacked exposure to each feature"
-    if run.task == "abs":
+    if one_sign:
         what += " (outlined: features computed for one sign only)"
-    _suptitle(fig, _header(run, what))
+    suptitle(fig, _header(run, what))
     return fig
 
 
@@ -431,10 +386,11 @@ def feature_loss_figure(run: Run) -> Figure:
     feature_loss_ratio): 1 = dropped, 0 = computed exactly; for abs, one sign only ≈ 0.5.
     abs bars are coloured by which signs of |x| the model computes (computed_fraction)."""
     n_levels = run.n_levels
-    fig = _figure(_levels_width(n_levels), BAR_ROW + HEADER)
-    axes = _axes_grid(fig, 1, n_levels, Margins(left=0.75, wgap=0.25), sharey="row")
+    fig = new_figure(_levels_width(n_levels), BAR_ROW + HEADER)
+    axes = axes_grid(fig, 1, n_levels, Margins(left=0.75, wgap=0.25), sharey="row")
     finite = finite_levels(run)
     palette = {"both": "#2b83ba", "one": "#d7191c", "neither": "#bababa"}
+    signs = metrics.computes_signs(run.task)
     for level, p in enumerate(probabilities(run)):
         ax = axes[0, level]
         ratio = run.levels[level].feature_loss_ratio
@@ -442,7 +398,7 @@ def feature_loss_figure(run: Run) -> Figure:
             _blank(ax, p)
             continue
         values = np.array([np.nan if v is None else v for v in ratio], dtype=float)
-        if run.task == "abs":
+        if signs:
             computed = (
                 metrics.computed_fraction({k: v[level] for k, v in run.weights.items()}).numpy()
                 >= metrics.COMPUTED_SHARE
@@ -460,7 +416,7 @@ def feature_loss_figure(run: Run) -> Figure:
             linewidth=0,
         )
         ax.axhline(1.0, color="black", linewidth=0.6)
-        if run.task == "abs":
+        if signs:
             ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
         ax.set_title(_level_title(p))
         ax.set_xlabel("feature (by importance)")
@@ -469,22 +425,22 @@ def feature_loss_figure(run: Run) -> Figure:
     axes[0, 0].set_ylim(0, 1.15)
     labels = (
         {"both": "|x| for both signs", "one": "one sign only", "neither": "neither"}
-        if run.task == "abs"
+        if signs
         else {"both": "represented", "neither": "not represented"}
     )
     handles = [Patch(color=palette[k], label=text) for k, text in labels.items()]
     fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=7)
     what = "loss per feature over its loss when dropped"
-    if run.task == "abs":
+    if signs:
         what += " (dotted: 0.5, one sign only)"
-    _suptitle(fig, _header(run, what))
+    suptitle(fig, _header(run, what))
     return fig
 
 
 def dimensionality_figure(run: Run) -> Figure:
     """D_i of every feature of every level against 1 / p, with d_hidden / ‖W‖_F²."""
-    fig = _figure(*SINGLE)
-    ax = _axes_grid(fig, 1, 1, Margins(left=0.7, right=1.6, top=0.45, bottom=0.55))[0, 0]
+    fig = new_figure(*SINGLE)
+    ax = axes_grid(fig, 1, 1, Margins(left=0.7, right=1.6, top=0.45, bottom=0.55))[0, 0]
     finite = finite_levels(run)
     importance = importance_matrix(run)
     cmap, norm = matplotlib.colormaps["viridis"], _importance_norm(run)
@@ -538,9 +494,8 @@ def dimensionality_figure(run: Run) -> Figure:
     sticky = ax.secondary_yaxis("right")
     sticky.set_yticks([v for v, _ in STICKY_FRACTIONS], labels=[s for _, s in STICKY_FRACTIONS])
     sticky.tick_params(length=0, labelsize=8, colors="0.35")
-    name = "W1" if run.task == "abs" else "W"
-    _suptitle(fig, _header(run, f"feature dimensionality (of {name})"))
-    _colorbar(fig, ScalarMappable(norm, cmap), [ax], "importance")
+    suptitle(fig, _header(run, f"feature dimensionality (of {feature_name(run)})"))
+    colorbar(fig, ScalarMappable(norm, cmap), [ax], "importance")
     return fig
 
 
@@ -633,15 +588,15 @@ def _nothing_finite(ax) -> None:
 def loss_figure(run: Run) -> Figure:
     """Training curves per level (when the history is there) and every restart's held-out loss."""
     panels = 2 if run.history is not None else 1
-    fig = _figure(panels * LOSS_PANEL[0], LOSS_PANEL[1])
+    fig = new_figure(panels * LOSS_PANEL[0], LOSS_PANEL[1])
     margins = Margins(left=0.75, right=0.25, top=0.6, bottom=0.55, wgap=0.85)
-    axes = _axes_grid(fig, 1, panels, margins)[0]
+    axes = axes_grid(fig, 1, panels, margins)[0]
     colors = _level_colors(run.n_levels)
     if run.history is not None:
         _training_panel(axes[0], run, colors)
     _eval_panel(axes[-1], run, colors)
     r = run.results
-    _suptitle(fig, _header(run, f"loss ({r.restarts} restarts, {r.steps} steps)"))
+    suptitle(fig, _header(run, f"loss ({r.restarts} restarts, {r.steps} steps)"))
     return fig
 
 
@@ -649,12 +604,7 @@ def loss_figure(run: Run) -> Figure:
 
 
 def phase_diagram_figure(run: Run) -> Figure:
-    """The phase diagram of a relative-importance × probability sweep (phase_plot.py)."""
-    from superposition.analysis.verdicts import classify_phase_cells
-    from superposition.figures.phase_figure import (
-        phase_figure,  # it builds on this module's helpers
-    )
-
+    """The phase diagram of a relative-importance × probability sweep (phase_figure.py)."""
     return phase_figure(classify_phase_cells(run.results, run.weights), run.results)
 
 
@@ -664,6 +614,7 @@ def figure_makers(run: Run) -> dict[str, Callable[[Run], Figure]]:
     if run.results.relative_importance:
         return {"phase_diagram": phase_diagram_figure}
     makers: dict[str, Callable[[Run], Figure]] = {}
+    wanted = tasks.get(run.task).figures
     if run.results.d_hidden == 2:
         makers["features_2d"] = features_2d_figure
     makers["wtw"] = wtw_figure
@@ -673,21 +624,7 @@ def figure_makers(run: Run) -> dict[str, Callable[[Run], Figure]]:
     if all(level.feature_loss_ratio is not None for level in run.levels):
         makers["feature_loss"] = feature_loss_figure
     makers["loss"] = loss_figure
-    return makers
-
-
-def save_png(fig: Figure, path: Path) -> Path:
-    """Write the figure as a PNG at exactly figsize × DPI pixels, atomically."""
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-    return path
-
-
-def to_rgba(fig: Figure) -> Annotated[np.ndarray, "height width 4"]:
-    """The figure rendered in memory, uint8 RGBA (e.g. for an image logger)."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    with matplotlib.style.context(["default", STYLE]):
-        canvas.draw()
-    return np.asarray(canvas.buffer_rgba()).copy()
+    return {name: make for name, make in makers.items() if name in wanted}
 
 
 def draw_run(

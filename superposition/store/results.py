@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from torch import Tensor
 
-from superposition.analysis import metrics
+from superposition import tasks
 from superposition.grid import phase_level
 from superposition.store.files import HISTORY, RESULTS, WEIGHTS, read_tensors, write_json
 
@@ -38,14 +38,6 @@ Scalar = float | int | bool | None
 class ResultsError(ValueError):
     """A payload that is not a run's results in a format this version reads. The message is a
     predicate, one line, that follows the file's name: '<path> does not hold a run's results'."""
-
-
-@dataclass(frozen=True)
-class Baselines:
-    """abs: the losses of a constant model and of the best model without superposition."""
-
-    constant: float
-    no_superposition: float
 
 
 @dataclass(frozen=True)
@@ -81,20 +73,15 @@ class LevelResult:
     # per feature: its held-out loss over its loss when dropped (evaluate.py)
     feature_loss_ratio: Annotated[list[float | None], "feature"] | None = None
     one_sign_features: list[int] | None = None
-    baselines: Baselines | None = None
+    # the task's closed-form losses by name (abs: constant, no_superposition), None without
+    baselines: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        payload = _plain_fields(self)
-        if self.baselines is not None:
-            payload["baselines"] = _plain_fields(self.baselines)
-        return payload
+        return _plain_fields(self)
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> LevelResult:
-        values = _known(cls, payload)
-        if values.get("baselines") is not None:
-            values["baselines"] = Baselines(**_known(Baselines, values["baselines"]))
-        return cls(**values)
+        return cls(**_known(cls, payload))
 
 
 @dataclass(kw_only=True)
@@ -263,8 +250,9 @@ class Run:
 
     @property
     def features(self) -> Annotated[Tensor, "level hidden feature"]:
-        """W (identity) or W1 (abs), float64; a level no restart kept finite is all NaN."""
-        return metrics.feature_matrix(self.task, self.weights).double()
+        """The task's feature_weights (W for identity, W1 for abs), float64; a level no restart
+        kept finite is all NaN."""
+        return self.weights[tasks.get(self.task).feature_weights].double()
 
 
 def load_run(out_dir: Path | str) -> Run:
@@ -272,8 +260,11 @@ def load_run(out_dir: Path | str) -> Run:
     run's output directory."""
     out_dir = Path(out_dir)
     history_path = out_dir / HISTORY
+    results = read_results(out_dir)
+    if results.task_module is not None:  # a researcher's task: registered by its module
+        tasks.import_task_module(results.task_module)
     return Run(
-        results=read_results(out_dir),
+        results=results,
         weights=read_tensors(out_dir / WEIGHTS),
         history=read_tensors(history_path) if history_path.exists() else None,
     )

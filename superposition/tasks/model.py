@@ -1,4 +1,5 @@
-"""The toy models, every parameter stacked with the instance axis first.
+"""A task's model at a given size: parameters stacked with the instance axis first, their
+initial values, the reference forward and the loss.
 
 Activations are (instance, batch, feature) throughout the package, so the matrix products are
 batched over instances without a transpose.
@@ -11,36 +12,42 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import torch
-from einops import einsum
 from torch import Tensor
 
-from superposition import rng
-from superposition.config import InitScheme, Task
+from superposition import rng, tasks
+from superposition.config import InitScheme
+from superposition.tasks.task import Shape, Task
 
 INIT_STREAM = 3
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    task: Task
+    task: str  # a registered task's name
     n_features: int
     d_hidden: int
     hidden_relu: bool = False
     init: InitScheme = InitScheme.auto
 
     @property
+    def definition(self) -> Task:
+        return tasks.get(self.task)
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.n_features, self.d_hidden, self.hidden_relu)
+
+    @property
     def init_scheme(self) -> InitScheme:
-        """The scheme `auto` stands for: course for abs, per_instance for identity."""
+        """The scheme `auto` stands for: the task's default (course for abs, per_instance for
+        identity)."""
         if self.init != InitScheme.auto:
             return self.init
-        return InitScheme.course if self.task == Task.abs else InitScheme.per_instance
+        return InitScheme(self.definition.default_init)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one instance's parameters, by name (the names used in weights.safetensors)."""
-        f, h = self.n_features, self.d_hidden
-        if self.task == Task.identity:
-            return {"W": (h, f), "b_final": (f,)}
-        return {"W1": (h, f), "W2": (f, h), "b_final": (f,)}
+        return {name: p.shape for name, p in self.definition.params(self.shape).items()}
 
 
 @dataclass(frozen=True)
@@ -52,40 +59,37 @@ class InitScale:
 
 
 def init_scales(spec: ModelSpec) -> dict[str, InitScale]:
-    """The initial distribution of every weight matrix (biases start at zero).
+    """The initial distribution of every weight matrix (parameters with init zeros start at 0).
 
     The course initialises its stacked (instance, rows, cols) tensors with torch's initialisers,
     which read the fan-in as rows · cols = d_hidden · n_features:
-    - course: abs W1 and W2 Kaiming-uniform, bound sqrt(6 / (d_hidden · n_features)), as in the
-      course; identity W Xavier-normal with both fans d_hidden · n_features, std
+    - course: fan-in and fan-out rows · cols: abs W1 and W2 Kaiming-uniform, bound
+      sqrt(6 / (d_hidden · n_features)), as in the course; identity W Xavier-normal, std
       sqrt(1 / (d_hidden · n_features)) (the course's fan-out also counts its instances, which
       would make an instance's start depend on how many there are).
-    - per_instance: each matrix's own fans; abs bound sqrt(6 / fan_in) (n_features for W1,
-      d_hidden for W2), identity std sqrt(2 / (d_hidden + n_features)).
+    - per_instance: each matrix's own fans, fan-in cols and fan-out rows; abs bound
+      sqrt(6 / fan_in) (n_features for W1, d_hidden for W2), identity std
+      sqrt(2 / (d_hidden + n_features)).
     """
-    f, h = spec.n_features, spec.d_hidden
     course = spec.init_scheme == InitScheme.course
-    if spec.task == Task.identity:
-        std = math.sqrt(1.0 / (h * f)) if course else math.sqrt(2.0 / (h + f))
-        return {"W": InitScale("normal", std)}
-    if course:
-        bound = math.sqrt(6.0 / (h * f))
-        return {"W1": InitScale("uniform", bound), "W2": InitScale("uniform", bound)}
-    return {
-        "W1": InitScale("uniform", math.sqrt(6.0 / f)),
-        "W2": InitScale("uniform", math.sqrt(6.0 / h)),
-    }
+    scales = {}
+    for name, param in spec.definition.params(spec.shape).items():
+        if param.init == "zeros":
+            continue
+        rows, cols = param.shape
+        fan_in, fan_out = (rows * cols, rows * cols) if course else (cols, rows)
+        if param.init == "kaiming_uniform":
+            scales[name] = InitScale("uniform", math.sqrt(6.0 / fan_in))
+        else:
+            scales[name] = InitScale("normal", math.sqrt(2.0 / (fan_in + fan_out)))
+    return scales
 
 
 def _init_uniform(
-    seed: int, name_index: int, instances: Annotated[Tensor, "instance"], rows: int, cols: int
+    seed: int, stream: int, instances: Annotated[Tensor, "instance"], rows: int, cols: int
 ) -> Annotated[Tensor, "instance rows cols"]:
-    keys = rng.instance_keys(seed, INIT_STREAM * 1000 + name_index, instances)
+    keys = rng.instance_keys(seed, INIT_STREAM * 1000 + stream, instances)
     return rng.UniformStream(keys, rows, cols).block(0)
-
-
-# each parameter's random stream (name_index of _init_uniform), fixed so that results stay put
-_INIT_STREAMS = {"W": 0, "W1": 1, "W2": 2}
 
 
 def init_params(
@@ -94,40 +98,32 @@ def init_params(
     """Initial parameters of the given (global) instances, drawn as init_scales says.
 
     Each instance draws from its own stream (see rng.py), so its start does not depend on the
-    other instances; biases start at zero.
+    other instances.
     """
-    shapes = spec.param_shapes()
+    scales = init_scales(spec)
     params = {}
-    for name, init in init_scales(spec).items():
-        u = _init_uniform(seed, _INIT_STREAMS[name], instances, *shapes[name])
+    for name, param in spec.definition.params(spec.shape).items():
+        if name not in scales:
+            params[name] = torch.zeros(instances.shape[0], *param.shape, device=instances.device)
+            continue
+        u = _init_uniform(seed, param.stream_of(name), instances, *param.shape)
+        init = scales[name]
         if init.distribution == "normal":
             params[name] = init.scale * math.sqrt(2.0) * torch.erfinv(2 * u - 1)
         else:
             params[name] = init.scale * (2 * u - 1)
-    params["b_final"] = torch.zeros(instances.shape[0], spec.n_features, device=instances.device)
     return params
 
 
 def forward(
     spec: ModelSpec, params: dict[str, Tensor], x: Annotated[Tensor, "instance batch feature"]
 ) -> Annotated[Tensor, "instance batch feature"]:
-    b_final = params["b_final"].unsqueeze(1)
-    if spec.task == Task.identity:
-        W = params["W"]
-        hidden = einsum(x, W, "inst batch feat, inst hid feat -> inst batch hid")
-        if spec.hidden_relu:
-            hidden = torch.relu(hidden)
-        out = einsum(hidden, W, "inst batch hid, inst hid feat -> inst batch feat")
-    else:
-        hidden = torch.relu(
-            einsum(x, params["W1"], "inst batch feat, inst hid feat -> inst batch hid")
-        )
-        out = einsum(hidden, params["W2"], "inst batch hid, inst feat hid -> inst batch feat")
-    return torch.relu(out + b_final)
+    """The task's reference forward."""
+    return spec.definition.forward(params, x, spec.shape)
 
 
 def target_of(spec: ModelSpec, x: Annotated[Tensor, "instance batch feature"]) -> Tensor:
-    return x.abs() if spec.task == Task.abs else x
+    return spec.definition.target(x)
 
 
 def loss_per_instance(

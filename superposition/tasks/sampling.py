@@ -1,54 +1,98 @@
-"""Batches of sparse features, sampled on the device every step.
+"""Batches of sparse features, drawn from counter-based uniforms: the reference sampler.
 
-Feature i of a row is active with probability p and then has a magnitude uniform in [0, 1]
-(identity) or [-1, 1] (abs). One uniform u decides both: the feature is active when u < p, and
-given that, u / p is uniform in (0, 1). This is exactly the distribution of the course's two draws.
+Feature i of a row is active with probability p and then has a magnitude uniform in the task's
+(low, high]: [0, 1] for identity, [-1, 1] for abs. One uniform u decides both: the feature is
+active when u < p, and given that, u / p is uniform in (0, 1]. This is exactly the distribution
+of the course's two draws.
 
 With the course's correlated and anticorrelated pairs (DataConfig), the features are laid out as
 [correlated pairs | anticorrelated pairs | independent features]; `pair_features` turns the
-uniforms of the pair block into features, for this sampler and the fast trainer's alike.
+uniforms of the pair block into features, for this sampler and the training samplers alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
 from torch import Tensor
 
 from superposition import rng
-from superposition.config import Task
+from superposition.config import DataConfig
+from superposition.tasks.task import Task
 
 TRAIN_STREAM = 1
 EVAL_STREAM = 2
 
 
+@dataclass(frozen=True)
+class FeatureDistribution:
+    """How a row's features are drawn at a feature probability p: an active feature's value is
+    uniform in (low, high] (`magnitudes`); the first correlated_pairs pairs are active together,
+    the next anticorrelated_pairs pairs never are (see pair_features)."""
+
+    magnitudes: tuple[float, float] = (0.0, 1.0)
+    correlated_pairs: int = 0
+    anticorrelated_pairs: int = 0
+
+    @classmethod
+    def of(cls, task: Task, data: DataConfig | None = None) -> FeatureDistribution:
+        data = DataConfig() if data is None else data
+        return cls(task.magnitudes, data.correlated_pairs, data.anticorrelated_pairs)
+
+    @property
+    def pair_width(self) -> int:
+        """Columns of the pair block."""
+        return 2 * (self.correlated_pairs + self.anticorrelated_pairs)
+
+    @property
+    def unit(self) -> bool:
+        return tuple(self.magnitudes) == (0.0, 1.0)
+
+    def magnitude(self, m: Tensor) -> Tensor:
+        """A magnitude uniform in (0, 1] as the task's value, uniform in (low, high]."""
+        if self.unit:
+            return m
+        low, high = self.magnitudes
+        return m * (high - low) + low
+
+    def magnitude_(self, m: Tensor) -> Tensor:
+        """`magnitude`, in place."""
+        if self.unit:
+            return m
+        low, high = self.magnitudes
+        return m.mul_(high - low).add_(low)
+
+    def check(self, n_features: int, max_probability: float) -> None:
+        """Raise ValueError when the pairs do not fit the features or anticorrelated pairs meet
+        p > 0.5 (config.validate reports both to a user first)."""
+        c, a = self.correlated_pairs, self.anticorrelated_pairs
+        pairs = f"{c} correlated and {a} anticorrelated pairs"
+        if c < 0 or a < 0:
+            raise ValueError(f"{pairs}: counts must be >= 0")
+        if self.pair_width > n_features:
+            raise ValueError(f"{pairs} do not fit {n_features} features")
+        if a and max_probability > 0.5:
+            raise ValueError(f"anticorrelated pairs need p <= 0.5, got {max_probability}")
+
+
 def features_from_uniform(
     u: Annotated[Tensor, "instance batch feature"],
     probability: Annotated[Tensor, "instance"],
-    task: Task,
+    features: FeatureDistribution,
 ) -> Annotated[Tensor, "instance batch feature"]:
     p = probability.view(-1, 1, 1)
-    magnitude = u / p
-    if task == Task.abs:
-        magnitude = 2 * magnitude - 1
-    return torch.where(u < p, magnitude, 0.0)
-
-
-def _magnitude(m: Tensor, task: Task) -> Tensor:
-    """A magnitude uniform in (0, 1] as the task's value: itself, or uniform in (-1, 1] (abs)."""
-    return 2 * m - 1 if task == Task.abs else m
+    return torch.where(u < p, features.magnitude(u / p), 0.0)
 
 
 def pair_features(
     u: Annotated[Tensor, "instance batch pair_feature"],
     probability: Annotated[Tensor, "instance"],
-    task: Task,
-    correlated_pairs: int,
-    anticorrelated_pairs: int,
+    features: FeatureDistribution,
 ) -> Annotated[Tensor, "instance batch pair_feature"]:
-    """The features of the pair block (2 * (correlated + anticorrelated) columns) from one
-    independent uniform per entry; pair k is columns (2k, 2k + 1), the correlated pairs first.
+    """The features of the pair block (features.pair_width columns) from one independent uniform
+    per entry; pair k is columns (2k, 2k + 1), the correlated pairs first.
 
     Each pair's first uniform u (the lead) decides its presence; the first feature is always
     active when u < p, with magnitude u / p, as an independent feature.
@@ -62,14 +106,14 @@ def pair_features(
       [p, 2p), but 2p - u is never 0, so an active feature never reads as an inactive one.) The
       second uniform of the pair is not used. Needs p <= 0.5.
     """
-    c = correlated_pairs
+    c = features.correlated_pairs
     p = probability.view(-1, 1, 1)
     lead, partner = u[..., 0::2], u[..., 1::2]
-    first = torch.where(lead < p, _magnitude(lead / p, task), 0.0)
-    correlated = torch.where(lead[..., :c] < p, _magnitude(partner[..., :c], task), 0.0)
+    first = torch.where(lead < p, features.magnitude(lead / p), 0.0)
+    correlated = torch.where(lead[..., :c] < p, features.magnitude(partner[..., :c]), 0.0)
     anti_lead = lead[..., c:]
     second_active = (anti_lead >= p) & (anti_lead < 2 * p)
-    anticorrelated = torch.where(second_active, _magnitude((2 * p - anti_lead) / p, task), 0.0)
+    anticorrelated = torch.where(second_active, features.magnitude((2 * p - anti_lead) / p), 0.0)
     second = torch.cat([correlated, anticorrelated], dim=-1)
     return torch.stack([first, second], dim=-1).flatten(-2)
 
@@ -77,41 +121,23 @@ def pair_features(
 def features_with_pairs(
     u: Annotated[Tensor, "instance batch feature"],
     probability: Annotated[Tensor, "instance"],
-    task: Task,
-    correlated_pairs: int = 0,
-    anticorrelated_pairs: int = 0,
+    features: FeatureDistribution,
 ) -> Annotated[Tensor, "instance batch feature"]:
     """Features from one uniform per entry: the pair block (`pair_features`), then independent
     features (`features_from_uniform`)."""
-    x = features_from_uniform(u, probability, task)
-    width = 2 * (correlated_pairs + anticorrelated_pairs)
+    x = features_from_uniform(u, probability, features)
+    width = features.pair_width
     if width:
-        x[..., :width] = pair_features(
-            u[..., :width], probability, task, correlated_pairs, anticorrelated_pairs
-        )
+        x[..., :width] = pair_features(u[..., :width], probability, features)
     return x
 
 
-def check_pairs(
-    n_features: int, max_probability: float, correlated_pairs: int, anticorrelated_pairs: int
-) -> None:
-    """Raise ValueError when the pairs do not fit the features or anticorrelated pairs meet
-    p > 0.5 (config.validate reports both to a user first)."""
-    pairs = f"{correlated_pairs} correlated and {anticorrelated_pairs} anticorrelated pairs"
-    if correlated_pairs < 0 or anticorrelated_pairs < 0:
-        raise ValueError(f"{pairs}: counts must be >= 0")
-    if 2 * (correlated_pairs + anticorrelated_pairs) > n_features:
-        raise ValueError(f"{pairs} do not fit {n_features} features")
-    if anticorrelated_pairs and max_probability > 0.5:
-        raise ValueError(f"anticorrelated pairs need p <= 0.5, got {max_probability}")
-
-
 class BatchSampler:
-    """Training batches of a chunk of instances: block `step` is the same whatever the chunking."""
+    """Batches of a chunk of instances: block `step` is the same whatever the chunking."""
 
     def __init__(
         self,
-        task: Task,
+        features: FeatureDistribution,
         seed: int,
         instances: Annotated[Tensor, "instance"],
         probability: Annotated[Tensor, "instance"],
@@ -119,19 +145,15 @@ class BatchSampler:
         n_features: int,
         stream: int = TRAIN_STREAM,
         row_offset: int = 0,
-        *,
-        correlated_pairs: int = 0,
-        anticorrelated_pairs: int = 0,
     ):
-        if correlated_pairs or anticorrelated_pairs:
-            max_probability = float(probability.max()) if anticorrelated_pairs else 0.0
-            check_pairs(n_features, max_probability, correlated_pairs, anticorrelated_pairs)
+        if features.pair_width:
+            anti = features.anticorrelated_pairs
+            features.check(n_features, float(probability.max()) if anti else 0.0)
         keys = rng.instance_keys(seed, stream, instances)
         self.uniforms = rng.UniformStream(keys, batch_size, n_features, row_offset)
         self.probability = probability
-        self.task = task
-        self.pairs = (correlated_pairs, anticorrelated_pairs)
+        self.features = features
 
     def __call__(self, step: int) -> Annotated[Tensor, "instance batch feature"]:
         u = self.uniforms.block(step)
-        return features_with_pairs(u, self.probability, self.task, *self.pairs)
+        return features_with_pairs(u, self.probability, self.features)

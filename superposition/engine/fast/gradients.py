@@ -22,20 +22,48 @@ encoder column per entry, and out − t is corrected at the entries only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from superposition.config import Task
-from superposition.engine.fast.packed_batches import Batch
+from superposition.engine.batches import Batch
 from superposition.tasks.model import ModelSpec
+from superposition.tasks.task import EncoderDecoder
+
+
+@dataclass(frozen=True)
+class FastModel:
+    """A task's fast path (its EncoderDecoder) at one size."""
+
+    family: EncoderDecoder
+    n_features: int
+    d_hidden: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> FastModel | None:
+        """The fast model of spec's task, None when the task has no fast path."""
+        family = spec.definition.fast_path(spec.shape)
+        return None if family is None else cls(family, spec.n_features, spec.d_hidden)
+
+    @property
+    def tied(self) -> bool:
+        return self.family.tied
+
+    @property
+    def hidden_relu(self) -> bool:
+        return self.family.hidden_relu
+
+    @property
+    def abs_target(self) -> bool:
+        return self.family.abs_target
 
 
 class Workspace:
     """Buffers of one group of instances for batches of up to `rows` rows, reused every step."""
 
-    def __init__(self, spec: ModelSpec, n_instances: int, rows: int, device: torch.device):
+    def __init__(self, spec: FastModel, n_instances: int, rows: int, device: torch.device):
         f, h = spec.n_features, spec.d_hidden
         self.n_instances, self.n_features, self.d_hidden = n_instances, f, h
         self.by_feature = torch.empty(2, n_instances * rows * f, device=device)
@@ -52,20 +80,12 @@ class Workspace:
         return out, scratch, hidden, d_hidden
 
 
-def has_hidden_relu(spec: ModelSpec) -> bool:
-    return spec.task == Task.abs or spec.hidden_relu
-
-
-def gram_pays(spec: ModelSpec) -> bool:
+def gram_pays(spec: FastModel) -> bool:
     """Whether the tied linear model's dense blocks go through its Gram matrix (_gram_gradients):
     two products of rows · features² instead of five of rows · features · hidden. Measured on a
     CPU it pays up to features = 2 hidden + 1 (with entries, a gather and a scatter of one row of
     WᵀW per entry did not pay against the hidden-unit path)."""
-    return (
-        spec.task == Task.identity
-        and not spec.hidden_relu
-        and spec.n_features <= 2 * spec.d_hidden + 1
-    )
+    return spec.tied and not spec.hidden_relu and spec.n_features <= 2 * spec.d_hidden + 1
 
 
 def _relu_backward_(grad: Tensor, pre_activation: Tensor) -> Tensor:
@@ -73,16 +93,16 @@ def _relu_backward_(grad: Tensor, pre_activation: Tensor) -> Tensor:
     return torch.ops.aten.threshold_backward.grad_input(grad, pre_activation, 0, grad_input=grad)
 
 
-def _encoder(spec: ModelSpec, params: dict[str, Tensor]) -> Annotated[Tensor, "instance hid feat"]:
-    return params["W"] if spec.task == Task.identity else params["W1"]
+def _encoder(spec: FastModel, params: dict[str, Tensor]) -> Annotated[Tensor, "instance hid feat"]:
+    return params["W"] if spec.tied else params["W1"]
 
 
-def _decoder(spec: ModelSpec, params: dict[str, Tensor]) -> Annotated[Tensor, "instance hid feat"]:
-    return params["W"] if spec.task == Task.identity else params["W2"].transpose(1, 2)
+def _decoder(spec: FastModel, params: dict[str, Tensor]) -> Annotated[Tensor, "instance hid feat"]:
+    return params["W"] if spec.tied else params["W2"].transpose(1, 2)
 
 
-def _target_of(spec: ModelSpec, x: Tensor) -> Tensor:
-    return x.abs() if spec.task == Task.abs else x
+def _target_of(spec: FastModel, x: Tensor) -> Tensor:
+    return x.abs() if spec.abs_target else x
 
 
 def _add_scaled_rows(
@@ -98,7 +118,7 @@ def _add_scaled_rows(
 
 
 def _encode(
-    spec: ModelSpec,
+    spec: FastModel,
     encoder: Annotated[Tensor, "instance hid feat"],
     batch: Batch,
     work: Workspace,
@@ -115,7 +135,7 @@ def _encode(
 
 
 def _add_encoder_gradient(
-    spec: ModelSpec,
+    spec: FastModel,
     d_pre: Annotated[Tensor, "instance row hid"],
     batch: Batch,
     work: Workspace,
@@ -132,12 +152,12 @@ def _add_encoder_gradient(
 
 
 def _output_gradient(
-    spec: ModelSpec, out: Tensor, batch: Batch, scratch: Tensor, entries_target: Tensor | None
+    spec: FastModel, out: Tensor, batch: Batch, scratch: Tensor, entries_target: Tensor | None
 ) -> Tensor:
     """(out − t) [out > 0], before the per-feature scale, from the pre-activation `out`, into
     scratch."""
     if batch.entries is None:
-        target = torch.abs(batch.x, out=scratch) if spec.task == Task.abs else batch.x
+        target = torch.abs(batch.x, out=scratch) if spec.abs_target else batch.x
         return _relu_backward_(torch.sub(out, target, out=scratch), out)
     g = torch.clamp(out, min=0, out=scratch)
     entries = batch.entries
@@ -148,7 +168,7 @@ def _output_gradient(
 
 
 def _loss(
-    spec: ModelSpec,
+    spec: FastModel,
     out: Tensor,
     batch: Batch,
     scratch: Tensor,
@@ -172,7 +192,7 @@ def _loss(
 
 
 def _output_stage(
-    spec: ModelSpec,
+    spec: FastModel,
     out: Annotated[Tensor, "instance row feature"],
     batch: Batch,
     scratch: Annotated[Tensor, "instance row feature"],
@@ -200,7 +220,7 @@ def _output_stage(
 
 
 def loss_and_gradients(
-    spec: ModelSpec,
+    spec: FastModel,
     params: dict[str, Tensor],
     batch: Batch,
     importance: Annotated[Tensor, "instance feature"],
@@ -219,7 +239,7 @@ def loss_and_gradients(
         entries_target = _target_of(spec, batch.entries.magnitude)
 
     _encode(spec, encoder, batch, work, hidden)
-    if has_hidden_relu(spec):
+    if spec.hidden_relu:
         hidden.clamp_(min=0)
     torch.baddbmm(b.unsqueeze(1), hidden, decoder, out=out)  # before the output ReLU
 
@@ -229,9 +249,9 @@ def loss_and_gradients(
 
     scaled_decoder = decoder * scale.unsqueeze(1)
     torch.bmm(g_unscaled, scaled_decoder.transpose(1, 2), out=d_hidden)
-    if has_hidden_relu(spec):
+    if spec.hidden_relu:
         _relu_backward_(d_hidden, hidden)
-    if spec.task == Task.identity:
+    if spec.tied:
         torch.bmm(hidden.transpose(1, 2), g_unscaled, out=grads["W"])
         grads["W"].mul_(scale.unsqueeze(1))
         _add_encoder_gradient(spec, d_hidden, batch, work, grads["W"])
@@ -243,7 +263,7 @@ def loss_and_gradients(
 
 
 def _gram_gradients(
-    spec: ModelSpec,
+    spec: FastModel,
     params: dict[str, Tensor],
     batch: Batch,
     importance: Annotated[Tensor, "instance feature"],

@@ -1,14 +1,15 @@
-"""Training batches for the fast trainer: the rows of a batch that hold an active feature, packed.
+"""Training batches of both engines: the rows of a batch that hold an active feature, packed.
 
-A batch of `batch_size` rows is handed to the gradient code as a `Batch`: a dense block `x` of
-`rows` rows that contains every row with an active feature (padded with all-zero rows), plus the
-number `zero_rows` of all-zero rows that were left out. An all-zero row needs no data: its output is
-ReLU(b), so gradients.py adds its contribution in closed form. Two samplers build batches:
+A batch of `batch_size` rows is handed to an engine as a `Batch`: a dense block `x` of `rows` rows
+that contains every row with an active feature (padded with all-zero rows), plus the number
+`zero_rows` of all-zero rows that were left out. All all-zero rows give the same output, so an
+engine adds their contribution once (fast/gradients.py in closed form, ReLU(b); autograd.py through
+one forward of a zero row). Two samplers build batches:
 
-- `DenseSampler` (dense feature probabilities) hashes one uniform per entry, like data.py: the
-  entry is active when u < p, and its magnitude is then u / p (uniform given active). The block is
-  the whole batch (zero_rows = 0). All work goes into preallocated buffers, in place: on a CPU a
-  fresh tensor per operation costs more than the operation.
+- `DenseSampler` (dense feature probabilities) hashes one uniform per entry, like
+  tasks/sampling.py: the entry is active when u < p, and its magnitude is then u / p (uniform
+  given active). The block is the whole batch (zero_rows = 0). All work goes into preallocated
+  buffers, in place: on a CPU a fresh tensor per operation costs more than the operation.
 - `SparseSampler` (sparse ones) draws only the active entries. Flatten the batch row-major into
   batch_size * n_features Bernoulli(p) trials: the gaps between successive active entries are
   independent Geometric(p) draws, floor(log u / log(1 - p)), so cumulative sums of gaps give the
@@ -32,8 +33,7 @@ import torch
 from torch import Tensor
 
 from superposition import rng
-from superposition.config import Task
-from superposition.tasks.sampling import TRAIN_STREAM, check_pairs, pair_features
+from superposition.tasks.sampling import TRAIN_STREAM, FeatureDistribution, pair_features
 
 GAP_STREAM = 4
 MAGNITUDE_STREAM = 5
@@ -108,25 +108,21 @@ class DenseSampler:
     """Whole batches, one hashed uniform per entry, written into one reused block.
 
     With correlated or anticorrelated pairs, the uniforms of the pair block are kept aside and
-    turned into features by data.pair_features (the evaluation sampler's function)."""
+    turned into features by sampling.pair_features (the reference sampler's function)."""
 
     def __init__(
         self,
-        task: Task,
+        features: FeatureDistribution,
         seed: int,
         instances: Annotated[Tensor, "instance"],
         probability: float,
         batch_size: int,
         n_features: int,
-        *,
-        correlated_pairs: int = 0,
-        anticorrelated_pairs: int = 0,
     ):
         n, device = instances.shape[0], instances.device
-        check_pairs(n_features, probability, correlated_pairs, anticorrelated_pairs)
-        self.task, self.probability = task, probability
-        self.pairs = (correlated_pairs, anticorrelated_pairs)
-        self.pair_width = 2 * (correlated_pairs + anticorrelated_pairs)
+        features.check(n_features, probability)
+        self.features, self.probability = features, probability
+        self.pair_width = features.pair_width
         if self.pair_width:
             self.probabilities = torch.full((n,), probability, device=device)
         self.keys = rng.instance_keys(seed, TRAIN_STREAM, instances).view(n, 1, 1)
@@ -154,13 +150,12 @@ class DenseSampler:
             x.mul_(1 / p)  # u / p: below 1 exactly when the entry is active
             active = self.scratch.view(torch.float32)
             torch.mul(x, -1, out=active).add_(1).clamp_(min=0).ceil_()  # 1 if u/p < 1, else 0
-        if self.task == Task.abs:
-            x.mul_(2).sub_(1)
+        self.features.magnitude_(x)
         if p < 1:
             x.mul_(active)
         if pair_uniforms is not None:
             x[..., : self.pair_width] = pair_features(
-                pair_uniforms, self.probabilities, self.task, *self.pairs
+                pair_uniforms, self.probabilities, self.features
             )
         return Batch(x.shape[0], x.shape[1], zero_rows=0, x=x)
 
@@ -178,7 +173,7 @@ class SparseDraws:
 
     def __init__(
         self,
-        task: Task,
+        features: FeatureDistribution,
         seed: int,
         instances: Annotated[Tensor, "instance"],
         slots: list[int],
@@ -187,7 +182,7 @@ class SparseDraws:
         n_features: int,
     ):
         device = instances.device
-        self.task, self.batch_size, self.n_features = task, batch_size, n_features
+        self.features, self.batch_size, self.n_features = features, batch_size, n_features
         per_slot = torch.tensor(slots, device=device)
         self.log_stay = torch.tensor(log_stay, dtype=torch.float64, device=device)
         self.log_stay = self.log_stay.repeat_interleave(per_slot)
@@ -241,8 +236,7 @@ class SparseDraws:
         new_row[1:] |= row[1:] != row[:-1]
         packed_row = self._running_sum(new_row.to(torch.int64)).sub_(1)
         magnitude = rng.to_unit_interval(bits[1])
-        if self.task == Task.abs:
-            magnitude = magnitude.mul_(2).sub_(1)
+        magnitude = self.features.magnitude_(magnitude)
         return row, feature, packed_row, magnitude.mul_(row < self.batch_size)
 
 
@@ -250,10 +244,10 @@ class SparseSampler:
     """One group's batches, packed into the rows that hold an entry.
 
     The group keeps the entries and packed rows of its capacities; a batch that needs more is cut
-    there and counted in `overflows`. With exact_rows (the default on a CPU, where reading a count
-    from the tensor costs nothing), a batch has as many packed rows and entry slots as the
-    instance with the most needs; on a GPU it has the fixed capacities, so that no step waits for
-    the device. The batch comes as entries when `entries_pay`, else as a dense block.
+    there and counted in `overflows`. Unless sync_free (the default on a GPU), a batch has as many
+    packed rows and entry slots as the instance with the most needs (on a CPU reading a count
+    costs nothing); sync_free, it has the fixed capacities, so that no step waits for the
+    device. The batch comes as entries when `entries_pay`, else as a dense block.
     """
 
     def __init__(
@@ -263,14 +257,14 @@ class SparseSampler:
         n_instances: int,
         n_slots: int,
         n_rows: int,
-        exact_rows: bool | None = None,
+        sync_free: bool | None = None,
         as_entries: bool = False,
     ):
         device = draws.slot_keys.device
         self.draws, self.batch_size, self.n_features = draws, draws.batch_size, draws.n_features
         self.n_slots, self.n_rows = n_slots, n_rows
         self.slots = slice(first_slot, first_slot + n_instances * (self.n_slots + 1))
-        self.exact_rows = device.type == "cpu" if exact_rows is None else exact_rows
+        self.sync_free = device.type != "cpu" if sync_free is None else sync_free
         self.as_entries = as_entries
         self.instance_index = torch.arange(n_instances, device=device).view(n_instances, 1)
         self.x_size = n_instances * self.n_rows * self.n_features
@@ -292,7 +286,7 @@ class SparseSampler:
         # an entry in the slot past the capacity, or a packed row past the row capacity
         self.overflows += in_batch[:, -1] | (last_packed_row >= self.n_rows)
         n_rows, n_slots = self.n_rows, self.n_slots
-        if self.exact_rows:
+        if not self.sync_free:
             n_rows = max(1, min(n_rows, int(last_packed_row.max()) + 1))
             n_slots = max(1, min(n_slots, int(in_batch.sum(dim=1).max())))
         row, feature, packed_row = row[:, :n_slots], feature[:, :n_slots], packed_row[:, :n_slots]
@@ -341,7 +335,11 @@ def _runs(probability: list[float]) -> list[slice]:
 
 
 def _sparse_groups(
-    runs: list[slice], probability: list[float], batch_size: int, n_features: int
+    runs: list[slice],
+    probability: list[float],
+    batch_size: int,
+    n_features: int,
+    dense_blocks: bool = False,
 ) -> list[tuple[slice, int, int]]:
     """Adjacent sparse runs merged into groups, with each group's (entry, row) capacities.
 
@@ -359,9 +357,8 @@ def _sparse_groups(
             extra_rows = abs(previous_rows - n_rows) * (
                 part.stop - part.start if n_rows < previous_rows else previous.stop - previous.start
             )
-            entries = entries_pay(probability[previous.start], n_features) and entries_pay(
-                probability[part.start], n_features
-            )
+            entries = not dense_blocks and entries_pay(probability[previous.start], n_features)
+            entries = entries and entries_pay(probability[part.start], n_features)
             if previous_rows == n_rows or (
                 entries and extra_rows * n_features <= MERGE_MAX_PADDING
             ):
@@ -373,29 +370,27 @@ def _sparse_groups(
 
 
 def make_samplers(
-    task: Task,
+    features: FeatureDistribution,
     seed: int,
     instances: Annotated[Tensor, "instance"],
     probability: list[float],
     batch_size: int,
     n_features: int,
-    exact_rows: bool | None = None,
-    *,
-    correlated_pairs: int = 0,
-    anticorrelated_pairs: int = 0,
+    sync_free: bool | None = None,
+    dense_blocks: bool = False,
 ) -> list[tuple[slice, DenseSampler | SparseSampler]]:
     """The samplers of a chunk, by slices of its instances: one dense sampler per run of a dense
     feature probability, one sparse sampler per group of sparse runs (all drawing from one
-    SparseDraws). exact_rows: see SparseSampler (default: on a CPU). With correlated or
-    anticorrelated pairs every run is sampled densely: the sparse draws know no pairs."""
+    SparseDraws). sync_free: see SparseSampler (default: on a GPU). dense_blocks: every batch as
+    a dense block, never as entries (for the autograd engine). With correlated or anticorrelated
+    pairs every run is sampled densely: the sparse draws know no pairs."""
     runs = _runs(probability)
-    pairs = {"correlated_pairs": correlated_pairs, "anticorrelated_pairs": anticorrelated_pairs}
-    with_pairs = correlated_pairs > 0 or anticorrelated_pairs > 0
+    with_pairs = features.pair_width > 0
     dense = [
         part for part in runs if with_pairs or not is_sparse(probability[part.start], n_features)
     ]
     sparse_runs = [part for part in runs if part not in dense]
-    sparse = _sparse_groups(sparse_runs, probability, batch_size, n_features)
+    sparse = _sparse_groups(sparse_runs, probability, batch_size, n_features, dense_blocks)
     slots, log_stay = [], []
     for part, n_slots, _ in sparse:
         for i in range(part.start, part.stop):
@@ -403,19 +398,54 @@ def make_samplers(
             log_stay.append(math.log1p(-probability[i]))
     if sparse:
         sparse_instances = torch.cat([instances[part] for part, _, _ in sparse])
-        draws = SparseDraws(task, seed, sparse_instances, slots, log_stay, batch_size, n_features)
+        draws = SparseDraws(
+            features, seed, sparse_instances, slots, log_stay, batch_size, n_features
+        )
     samplers, first_slot = [], 0
     for part, n_slots, n_rows in sparse:
-        as_entries = entries_pay(max(probability[part]), n_features)
+        as_entries = not dense_blocks and entries_pay(max(probability[part]), n_features)
         size = part.stop - part.start
         sampler = SparseSampler(
-            draws, first_slot, size, n_slots, n_rows, exact_rows=exact_rows, as_entries=as_entries
+            draws, first_slot, size, n_slots, n_rows, sync_free=sync_free, as_entries=as_entries
         )
         first_slot = sampler.slots.stop
         samplers.append((part, sampler))
     for part in dense:
         sampler = DenseSampler(
-            task, seed, instances[part], probability[part.start], batch_size, n_features, **pairs
+            features, seed, instances[part], probability[part.start], batch_size, n_features
         )
         samplers.append((part, sampler))
     return sorted(samplers, key=lambda pair: pair[0].start)
+
+
+@dataclass
+class Group:
+    """Consecutive instances of a chunk that share one sampler (one feature probability, or
+    merged sparse levels, see make_samplers), with views of the chunk's parameters, gradients and
+    importance (taken once: they live as long)."""
+
+    part: slice
+    sampler: DenseSampler | SparseSampler
+    params: dict[str, Tensor]
+    grads: dict[str, Tensor]
+    importance: Annotated[Tensor, "instance feature"]
+    # the fast engine's buffers for this group (engine/fast/gradients.py Workspace)
+    work: object | None = None
+
+
+def groups_of(
+    samplers: list[tuple[slice, DenseSampler | SparseSampler]],
+    params: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    importance: Annotated[Tensor, "instance feature"],
+) -> list[Group]:
+    return [
+        Group(
+            part,
+            sampler,
+            {k: v[part] for k, v in params.items()},
+            {k: v[part] for k, v in grads.items()},
+            importance[part],
+        )
+        for part, sampler in samplers
+    ]
