@@ -146,3 +146,42 @@ def test_the_autograd_engine_freezes_a_diverging_instance():
 
 def test_shape_is_what_a_task_sees():
     assert ModelSpec("identity", 7, 3, hidden_relu=True).shape == Shape(7, 3, True)
+
+
+TINY_TASK = """
+from superposition.tasks import abs as abs_task, register
+from dataclasses import replace
+
+register(replace(abs_task.ABS, name="{name}", forward=lambda p, x, s: abs_task.forward(p, x, s),
+                 fast_path=lambda shape: None))
+"""
+
+
+def test_a_task_module_imports_by_name_or_path_and_registers_once(tmp_path, monkeypatch):
+    (tmp_path / "tiny_tasks.py").write_text(TINY_TASK.format(name="tiny"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        tasks.import_task_module("tiny_tasks")
+        tasks.import_task_module(str(tmp_path / "tiny_tasks.py"))  # the same file: no clash
+        assert "tiny" in tasks.names()
+        assert tasks.module_file("tiny_tasks") == str(tmp_path / "tiny_tasks.py")
+        assert resolve_engine(ModelSpec("tiny", 4, 2)) == Engine.autograd
+    finally:
+        tasks._REGISTRY.pop("tiny", None)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        (None, "could not be imported (FileNotFoundError"),
+        ("raise RuntimeError('boom')", "could not be imported (RuntimeError: boom)"),
+        (TINY_TASK.format(name="a b"), "task a b: name must be letters"),
+    ],
+)
+def test_a_broken_task_module_is_one_line(tmp_path, source, message):
+    path = tmp_path / "broken_tasks.py"
+    if source is not None:
+        path.write_text(source)
+    with pytest.raises(ConfigError) as err:
+        tasks.import_task_module(str(path))
+    assert message in str(err.value) and "\n" not in str(err.value)

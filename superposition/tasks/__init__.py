@@ -58,12 +58,19 @@ def register(task: Task) -> Task:
     """
     _check(task)
     existing = _REGISTRY.get(task.name)
-    if existing is not None and existing.forward.__module__ != task.forward.__module__:
+    if existing is not None and _origin(existing) != _origin(task):
         raise TaskDefinitionError(
-            f"task {task.name}: the name is taken by the task of {existing.forward.__module__}"
+            f"task {task.name}: the name is taken by the task of {_origin(existing)}"
         )
     _REGISTRY[task.name] = task
     return task
+
+
+def _origin(task: Task) -> str:
+    """The file that defines the task's forward (a module imported by name and by path is one)."""
+    module = sys.modules.get(task.forward.__module__)
+    path = getattr(module, "__file__", None)
+    return str(Path(path).resolve()) if path else task.forward.__module__
 
 
 def import_task_module(module: str) -> None:
@@ -80,7 +87,11 @@ def import_task_module(module: str) -> None:
                 raise FileNotFoundError(f"no such file: {path}")
             loaded = importlib.util.module_from_spec(spec)
             sys.modules[name] = loaded
-            spec.loader.exec_module(loaded)
+            try:
+                spec.loader.exec_module(loaded)
+            except BaseException:
+                del sys.modules[name]  # a second try runs it again, and fails the same way
+                raise
         else:
             if "" not in sys.path and str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))
