@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,10 +17,10 @@ from superposition.analysis.geometry import (
     important_feature_count,
     important_features,
 )
-from superposition.analysis.metrics import level_metrics, one_sign_features
+from superposition.analysis.metrics import computes_signs, level_metrics, one_sign_features
 from superposition.analysis.select import Selection, gather_best, select_best
 from superposition.analysis.verdicts import Report, judge, write_report
-from superposition.config import Config, ConfigError, Engine
+from superposition.config import Config, ConfigError
 from superposition.engine import bytes_per_instance, resolve_engine
 from superposition.engine.device import free_memory_bytes, resolve_device
 from superposition.engine.train import TrainResult, train_grid
@@ -76,20 +77,25 @@ def build_grid(config: Config) -> InstanceGrid:
 def config_fingerprint(config: Config) -> str:
     """Fingerprint of the values that decide a run's results (not where or how fast it runs).
 
-    The task is its name when it comes with the package, and the engine is left out when it is
-    the fast one: the fingerprints of runs of earlier versions, which had neither, stay valid."""
+    The engine is left out like the chunk size and the device: both engines train to the same
+    weights up to float rounding, so a run resumes with either. A built-in task is its name (the
+    fingerprints of earlier versions stay valid); a task of your own is its name and the file and
+    content of its module, so that an edited module is not taken for the finished run."""
     values = asdict(config)
     for key in ("wandb", "device"):
         values.pop(key)
-    for key in ("chunk_size", "memory_budget_mb", "checkpoint_every"):
+    for key in ("chunk_size", "memory_budget_mb", "checkpoint_every", "engine"):
         values["train"].pop(key)
     if config.task.module is None:
         values["task"] = config.task.name
-    engine = resolve_engine(model_spec(config), config.train.engine)
-    values["train"].pop("engine")
-    if engine != Engine.fast:
-        values["train"]["engine"] = engine.value
+    else:
+        path = tasks.module_file(config.task.module)
+        values["task"] = {"name": config.task.name, "module": path, "sha256": file_sha256(path)}
     return fingerprint(values)
+
+
+def file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def results_summary(
@@ -118,7 +124,7 @@ def results_summary(
         n_features=config.model.n_features,
         d_hidden=config.model.d_hidden,
         hidden_relu=config.model.hidden_relu,
-        # the initial scale used (model.init with auto resolved; model.py, init_scales)
+        # the initial scale used (model.init with auto resolved; tasks/model.py, init_scales)
         init=model_spec(config).init_scheme.value,
         importance=grid.importance[0].tolist(),
         preset=config.preset,
@@ -425,7 +431,7 @@ def print_summary(results: RunResults, out_dir: Path) -> None:
         for level in results.levels
     )
     print(f"best eval loss per level: {best}")
-    if results.task == "abs":
+    if computes_signs(results.task):  # abs: which signs of x it computes
         print_abs_summary(results.levels, results.d_hidden)
     print(f"results written to {out_dir}")
 

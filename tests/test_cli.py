@@ -1,6 +1,7 @@
 """End-to-end runs of `python -m superposition.run` and its answers to bad input."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -126,3 +127,12 @@ def test_bad_input_from_the_command_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "error: train.restarts must be >= 1, got 0"
     assert not out.exists()
+
+
+def test_the_default_output_directory_is_named_after_the_task(tmp_path):
+    """Without hydra.run.dir: outputs/DATE/TIME_TASK under the current directory."""
+    done = run_cli("task=identity", *TINY, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_identity", run_dir.name), run_dir.name
+    assert (run_dir / "results.json").is_file()

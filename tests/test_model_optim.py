@@ -112,13 +112,13 @@ def test_instance_adam_matches_torch(kind, torch_optimizer):
     theirs = start.clone().requires_grad_(True)
     optimizer = InstanceAdam([ours], kind, weight_decay=0.01)
     reference = torch_optimizer([theirs], lr=0.01, weight_decay=0.01)
-    alive = torch.ones(3, dtype=torch.bool)
+    finite = torch.ones(3, dtype=torch.bool)
     for step in range(20):
         target = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(step))
         for p in (ours, theirs):
             p.grad = None
             ((p - target) ** 2).sum().backward()
-        optimizer.step(0.01, alive)
+        optimizer.step(0.01, finite)
         reference.step()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 

@@ -15,7 +15,7 @@ from superposition.config import ConfigError, Engine, TrainConfig
 from superposition.engine import resolve_engine
 from superposition.engine.train import train_grid
 from superposition.grid import InstanceGrid, sparsity_grid
-from superposition.tasks import Param, Shape, Task
+from superposition.tasks import EncoderDecoder, Param, Shape, Task
 from superposition.tasks import identity as identity_task
 from superposition.tasks.model import ModelSpec
 
@@ -60,6 +60,11 @@ def broken(**change) -> Task:
         ({"figures": ("nice",)}, "unknown figures ['nice']"),
         ({"metrics": ("signs",)}, "the signs metrics read"),
         ({"name": "no spaces"}, "name must be letters"),
+        (
+            {"fast_path": lambda shape: EncoderDecoder(tied=True, hidden_relu=True, abs_target=0)},
+            "computes another model or target",
+        ),
+        ({"target": torch.abs, "magnitudes": (-1.0, 1.0)}, "computes another model or target"),
         ({"params": lambda shape: {"W": Param((2, 3, 4), "kaiming_uniform")}}, "a matrix shape"),
     ],
 )

@@ -93,10 +93,10 @@ def monosemantic_fraction(W: Annotated[Tensor, "hidden feature"]) -> float | Non
     return int(monosemantic(W).sum()) / alive
 
 
-def has_privileged_basis(task: str, hidden_relu: bool) -> bool:
+def has_privileged_basis(task: str, shape: Shape) -> bool:
     """Neurons mean something only behind a ReLU (the task says where: abs always, identity with
-    hidden_relu); the sizes do not enter."""
-    return bool(tasks.get(task).privileged_basis(Shape(0, 0, bool(hidden_relu))))
+    hidden_relu)."""
+    return bool(tasks.get(task).privileged_basis(shape))
 
 
 def _mean(values: Tensor) -> float | None:
@@ -117,7 +117,10 @@ def level_metrics(task: str, weights: dict[str, Tensor], hidden_relu: bool) -> l
     A level whose weights are not all finite (no restart stayed finite) gets None everywhere.
     """
     W_all = feature_matrix(task, weights)
-    privileged = has_privileged_basis(task, hidden_relu)
+    d_hidden, n_features = W_all.shape[-2:]
+    shape = Shape(n_features, d_hidden, bool(hidden_relu))
+    # the monosemantic fraction: where the hidden units are neurons, for tasks that ask for it
+    privileged = has_privileged_basis(task, shape) and "neurons" in tasks.get(task).metrics
     rows = []
     for level in range(W_all.shape[0]):
         W = W_all[level]

@@ -55,6 +55,7 @@ from typing import Annotated, NamedTuple
 import torch
 from torch import Tensor
 
+from superposition import tasks
 from superposition.analysis import geometry, metrics
 from superposition.config import Config, ConfigError
 from superposition.store.files import write_atomically
@@ -208,7 +209,8 @@ def _finite(weights: dict[str, Tensor], index: int) -> bool:
 def levels_of(results: RunResults, weights: dict[str, Tensor]) -> list[Level]:
     """The run's levels in grid order, float64, with W = W2 = None where skipped."""
     W_all = metrics.feature_matrix(results.task, weights)
-    W2_all = weights.get("W2")
+    decoder = tasks.get(results.task).decoder_weights
+    W2_all = weights[decoder] if decoder is not None else None
     levels = []
     for index, row in enumerate(results.levels):
         kept = row.best_restart is not None and _finite(weights, index)

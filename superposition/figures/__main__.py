@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from superposition.config import ConfigError
 from superposition.figures.run_figures import draw_all
 from superposition.store.files import RESULTS, WEIGHTS
 from superposition.store.results import ResultsError, read_results
@@ -47,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    for path in draw_all(args.output_dir):
+    try:
+        paths = draw_all(args.output_dir)
+    except ConfigError as err:  # e.g. the run's own task module moved away
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

@@ -54,6 +54,7 @@ from superposition.figures.style import (
     suptitle,
 )
 from superposition.store.results import Run, load_run
+from superposition.tasks.task import Shape
 
 PLOTS_DIR = "plots"
 # inches; multiples of 1/4 so that inches × DPI is an exact integer
@@ -84,7 +85,9 @@ def decoder_name(run: Run) -> str | None:
 
 
 def privileged(run: Run) -> bool:
-    return metrics.has_privileged_basis(run.task, run.results.hidden_relu)
+    r = run.results
+    shape = Shape(r.n_features, r.d_hidden, r.hidden_relu)
+    return metrics.has_privileged_basis(run.task, shape)
 
 
 def feature_array(run: Run) -> Annotated[np.ndarray, "level hidden feature"]:

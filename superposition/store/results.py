@@ -4,8 +4,8 @@ This module is the only reader and writer of results.json's keys; everything els
 RunResults (or a Run: results, weights and loss record together, as load_run reads them).
 
 Formats:
-- 2 (written now): today's keys, plus "format": 2, "task_module" and "engine" (null until the
-  job records them).
+- 2 (written now): the keys of format 1, plus "format": 2, "task_module" (the file of a task of
+  your own, null for a built-in one) and "engine".
 - 1 (no "format" key): files written before the format was recorded; keys that came later get
   their defaults (e.g. no "files": a run written before results.json recorded digests).
 A format newer than FORMAT is refused (ResultsError), since its keys may mean something else.

@@ -7,6 +7,7 @@ task on a tiny model first, so a task missing a part fails there, never mid-run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import math
@@ -29,6 +30,8 @@ from superposition.tasks.task import (
 __all__ = ["EncoderDecoder", "Param", "Shape", "Task", "get", "names", "register"]
 
 _REGISTRY: dict[str, Task] = {}
+# the file that registered each task
+_ORIGINS: dict[str, str] = {}
 
 
 class TaskDefinitionError(ValueError):
@@ -53,24 +56,24 @@ def get(name: str) -> Task:
 def register(task: Task) -> Task:
     """Check `task` on a tiny model and add it to the registry; return it.
 
-    Registering a name again replaces the task only when it comes from the same module (a module
-    imported twice); TaskDefinitionError otherwise, and for any part that is missing or wrong.
-    """
+    Registering a name again replaces the task only when it comes from the same file (a module
+    imported twice, by name or by path); TaskDefinitionError otherwise, and for any part that is
+    missing or wrong."""
     _check(task)
-    existing = _REGISTRY.get(task.name)
-    if existing is not None and _origin(existing) != _origin(task):
+    origin = _caller_file()
+    if task.name in _REGISTRY and _ORIGINS[task.name] != origin:
         raise TaskDefinitionError(
-            f"task {task.name}: the name is taken by the task of {_origin(existing)}"
+            f"task {task.name}: the name is taken by the task of {_ORIGINS[task.name]}"
         )
-    _REGISTRY[task.name] = task
+    _REGISTRY[task.name], _ORIGINS[task.name] = task, origin
     return task
 
 
-def _origin(task: Task) -> str:
-    """The file that defines the task's forward (a module imported by name and by path is one)."""
-    module = sys.modules.get(task.forward.__module__)
-    path = getattr(module, "__file__", None)
-    return str(Path(path).resolve()) if path else task.forward.__module__
+def _caller_file() -> str:
+    """The file of the module that called register (two frames up)."""
+    caller = sys._getframe(2).f_globals
+    path = caller.get("__file__")
+    return str(Path(path).resolve()) if path else str(caller.get("__name__"))
 
 
 def import_task_module(module: str) -> None:
@@ -79,7 +82,9 @@ def import_task_module(module: str) -> None:
     try:
         if module.endswith(".py"):
             path = Path(module).resolve()
-            name = f"superposition_user_task_{path.stem}"
+            # one module per file, however it is named: two square.py files do not clash
+            digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+            name = f"superposition_user_task_{path.stem}_{digest}"
             if name in sys.modules:
                 return
             spec = importlib.util.spec_from_file_location(name, path)
@@ -204,7 +209,7 @@ def _check_shape(task: Task, shape: Shape) -> None:
         task,
         "the signs metrics read the abs architecture's W1, W2 and b_final",
     )
-    _check_forward(task, shape, params)
+    tensors, x = _check_forward(task, shape, params)
     fast = task.fast_path(shape)
     if fast is not None:
         _require(isinstance(fast, EncoderDecoder), task, "fast_path must give an EncoderDecoder")
@@ -214,15 +219,30 @@ def _check_shape(task: Task, shape: Shape) -> None:
             task,
             f"its fast path trains the parameters {sorted(expected)}, not {sorted(params)}",
         )
+        with torch.no_grad():
+            same = torch.allclose(fast.forward(tensors, x), task.forward(tensors, x, shape))
+            same = same and torch.allclose(fast.target(x), task.target(x))
+        _require(
+            same,
+            task,
+            f"its fast path ({fast}) computes another model or target than its forward and target",
+        )
 
 
-def _check_forward(task: Task, shape: Shape, params: dict[str, Param]) -> None:
+def _check_forward(
+    task: Task, shape: Shape, params: dict[str, Param]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Run forward and target on random parameters and inputs in the task's magnitude range, and
+    backward through them; return the parameters and inputs."""
     generator = torch.Generator().manual_seed(0)
     tensors = {
         name: torch.randn(PROBE_INSTANCES, *p.shape, generator=generator).requires_grad_()
         for name, p in params.items()
     }
-    x = torch.rand(PROBE_INSTANCES, PROBE_ROWS, shape.n_features, generator=generator)
+    low, high = task.magnitudes
+    x = low + (high - low) * torch.rand(
+        PROBE_INSTANCES, PROBE_ROWS, shape.n_features, generator=generator
+    )
     expected = (PROBE_INSTANCES, PROBE_ROWS, shape.n_features)
     try:
         out = task.forward(tensors, x, shape)
@@ -249,6 +269,7 @@ def _check_forward(task: Task, shape: Shape, params: dict[str, Param]) -> None:
             task,
             f"parameter {name} does not take part in forward (it would never train)",
         )
+    return {name: tensor.detach() for name, tensor in tensors.items()}, x
 
 
 # the built-in tasks register themselves on import

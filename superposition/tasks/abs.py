@@ -65,7 +65,7 @@ ABS = register(
         default_init="course",
         privileged_basis=lambda shape: True,
         figures=("features_2d", "wtw", "neurons", "dimensionality", "feature_loss", "loss"),
-        metrics=("geometry", "neurons", "signs"),
+        metrics=("neurons", "signs"),
         fast_path=lambda shape: EncoderDecoder(tied=False, hidden_relu=True, abs_target=True),
         baselines=baselines,
     )

@@ -41,7 +41,7 @@ IDENTITY = register(
         privileged_basis=lambda shape: shape.hidden_relu,
         hidden_relu_option=True,
         figures=("features_2d", "wtw", "neurons", "dimensionality", "feature_loss", "loss"),
-        metrics=("geometry", "neurons"),
+        metrics=("neurons",),
         fast_path=lambda shape: EncoderDecoder(
             tied=True, hidden_relu=shape.hidden_relu, abs_target=False
         ),
