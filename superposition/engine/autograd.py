@@ -12,9 +12,8 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from superposition.engine.batches import Batch, groups_of, make_samplers
+from superposition.engine.batches import Batch, Group
 from superposition.tasks.model import ModelSpec, forward, loss_per_instance, target_of
-from superposition.tasks.sampling import FeatureDistribution
 
 BYTES_PER_FLOAT = 4
 # activations autograd keeps per row and instance (x, the task's intermediates and their
@@ -46,31 +45,17 @@ def batch_loss(
 class AutogradGradients:
     """Writes the gradients of one step into `grads`, by autograd through the task's forward."""
 
+    # the task's forward takes a dense block
+    dense_blocks = True
+
     def __init__(
         self,
         spec: ModelSpec,
-        features: FeatureDistribution,
-        seed: int,
-        instances: Annotated[Tensor, "instance"],
-        probability: list[float],
-        batch_size: int,
+        groups: list[Group],
         params: dict[str, Tensor],
         grads: dict[str, Tensor],
-        importance: Annotated[Tensor, "instance feature"],
-        sync_free: bool,
     ):
-        samplers = make_samplers(
-            features,
-            seed,
-            instances,
-            probability,
-            batch_size,
-            spec.n_features,
-            sync_free,
-            dense_blocks=True,
-        )
-        self.groups = groups_of(samplers, params, grads, importance)
-        self.spec, self.params, self.grads = spec, params, grads
+        self.spec, self.groups, self.params, self.grads = spec, groups, params, grads
 
     def __call__(self, step: int, want_loss: bool) -> Annotated[Tensor, "instance"] | None:
         """The gradients of step `step`; the loss per instance when want_loss."""

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from superposition.config import DataConfig, TrainConfig
 from superposition.engine import GRADIENTS, bytes_per_instance, resolve_engine
+from superposition.engine.batches import groups_of, make_samplers
 from superposition.engine.device import plan_chunk_size, release_freed_memory
 from superposition.engine.optim import InstanceAdam, learning_rate
 from superposition.grid import InstanceGrid
@@ -121,18 +122,18 @@ class ChunkRun:
             self.step = saved["step"]
         self.grads = {k: torch.zeros_like(v) for k, v in self.params.items()}
         engine = GRADIENTS[resolve_engine(spec, cfg.engine)]
-        self.gradients = engine(
-            spec,
+        samplers = make_samplers(
             features,
             seed,
             instances,
             probability,
             cfg.batch_size,
-            self.params,
-            self.grads,
-            importance,
+            spec.n_features,
             sync_free,
+            dense_blocks=engine.dense_blocks,
         )
+        groups = groups_of(samplers, self.params, self.grads, importance)
+        self.gradients = engine(spec, groups, self.params, self.grads)
         self.optimizer = InstanceAdam(
             list(self.params.values()), cfg.optimizer, cfg.weight_decay, sync_free=sync_free
         )

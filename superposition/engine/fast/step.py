@@ -7,10 +7,9 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from superposition.engine.batches import groups_of, is_sparse, make_samplers, sparse_capacities
+from superposition.engine.batches import Group, is_sparse, sparse_capacities
 from superposition.engine.fast.gradients import FastModel, Workspace, gram_pays, loss_and_gradients
 from superposition.tasks.model import ModelSpec
-from superposition.tasks.sampling import FeatureDistribution
 
 BYTES_PER_FLOAT = 4
 # Buffers of batch size per instance that a training step keeps (engine/batches.py,
@@ -29,28 +28,21 @@ COPIES_PER_PARAMETER = 6
 class FastGradients:
     """Writes the gradients of one step into `grads` (hand-written, gradients.py)."""
 
+    # batches as the samplers find best: entry lists where they pay
+    dense_blocks = False
+
     def __init__(
         self,
         spec: ModelSpec,
-        features: FeatureDistribution,
-        seed: int,
-        instances: Annotated[Tensor, "instance"],
-        probability: list[float],
-        batch_size: int,
+        groups: list[Group],
         params: dict[str, Tensor],
         grads: dict[str, Tensor],
-        importance: Annotated[Tensor, "instance feature"],
-        sync_free: bool,
     ):
         model = FastModel.of(spec)
-        samplers = make_samplers(
-            features, seed, instances, probability, batch_size, spec.n_features, sync_free
-        )
-        self.groups = groups_of(samplers, params, grads, importance)
-        for group in self.groups:
+        for group in groups:
             size = group.part.stop - group.part.start
-            group.work = Workspace(model, size, group.sampler.max_rows, instances.device)
-        self.model, self.grads = model, grads
+            group.work = Workspace(model, size, group.sampler.max_rows, grads["b_final"].device)
+        self.model, self.groups, self.grads = model, groups, grads
 
     def __call__(self, step: int, want_loss: bool) -> Annotated[Tensor, "instance"] | None:
         """The gradients of step `step`; the loss per instance when want_loss."""
