@@ -23,6 +23,7 @@ STAGES = [
     "figures",
     "track",
     "job",
+    "sweep",
     "run",
 ]
 
