@@ -6,11 +6,13 @@ schema; ranges and cross-key rules are checked by `validate`, before any work st
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 class InitScheme(str, Enum):
@@ -152,8 +154,26 @@ class Config:
 
 
 def register_configs() -> None:
-    """Make the schema the base of conf/config.yaml (its defaults list names `base_config`)."""
+    """Make the schema the base of conf/config.yaml (its defaults list names `base_config`), and
+    register the resolver that names a multirun job's directory."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    OmegaConf.register_new_resolver("job_dir", job_dir_name, replace=True)
+
+
+# longest job directory name kept as it is (file names end at 255 bytes on most systems)
+JOB_DIR_MAX = 200
+
+
+def job_dir_name(override_dirname: str) -> str:
+    """A multirun job's directory: its overrides (Hydra's override_dirname), so that a job keeps
+    its directory when the swept lists grow or are reordered. A slash becomes '_' (it would nest
+    folders), a name too long is cut and ends in a hash of the whole, and no overrides at all is
+    'default'."""
+    name = override_dirname.replace("/", "_") or "default"
+    if len(name.encode()) <= JOB_DIR_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[: JOB_DIR_MAX - 13].decode(errors="ignore") + "-" + digest
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from superposition.config import register_configs
 
-LAUNCHERS = "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
+LAUNCHERS = "hydra_plugins.superposition_launchers.launchers"
 
 
 def launcher(*overrides: str):
@@ -20,13 +20,14 @@ def launcher(*overrides: str):
 
 
 def test_without_cluster_jobs_run_in_process():
-    assert launcher()._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    assert launcher()._target_ == f"{LAUNCHERS}.InProcessLauncher"
 
 
 def test_slurm_defaults_ask_for_one_gpu_and_requeue(monkeypatch):
     monkeypatch.delenv("SLURM_PARTITION", raising=False)
     slurm = launcher("cluster=slurm")
-    assert slurm._target_ == f"{LAUNCHERS}.SlurmLauncher"
+    assert slurm._target_ == f"{LAUNCHERS}.SlurmSweepLauncher"
+    assert slurm.wait is False  # returns once the jobs are queued
     assert slurm.gpus_per_node == 1 and slurm.cpus_per_task >= 1 and slurm.mem_gb >= 1
     assert slurm.partition is None  # the cluster's default partition
     assert slurm.signal_delay_s > 0 and slurm.max_num_timeout > 0
@@ -50,14 +51,14 @@ def test_slurm_settings_come_from_the_environment_and_the_command_line(monkeypat
 
 def test_local_launcher_gets_no_slurm_keys():
     local = launcher("cluster=local")
-    assert local._target_ == f"{LAUNCHERS}.LocalLauncher"
-    assert "partition" not in local and "array_parallelism" not in local
+    assert local._target_ == f"{LAUNCHERS}.LocalSweepLauncher"
+    assert "partition" not in local and "array_parallelism" not in local and "wait" not in local
 
 
 def test_unknown_cluster_is_refused():
     done = run_cli("cluster=nope", "wandb.mode=disabled")
     assert done.returncode == 2
-    assert "cluster=nope is not a known choice; allowed: local, slurm" in done.stderr
+    assert "cluster=nope is not a known choice; allowed: in_process, local, slurm" in done.stderr
 
 
 def test_local_multirun_runs_every_job_in_its_own_process(tmp_path):
@@ -76,9 +77,12 @@ def test_local_multirun_runs_every_job_in_its_own_process(tmp_path):
         f"hydra.sweep.dir={sweep}",
     )
     assert done.returncode == 0, done.stderr
-    assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
-    job_dirs = sorted(p for p in sweep.iterdir() if p.name[:2] in {"0_", "1_"})
-    assert len(job_dirs) == 2
+    assert f"started 2 jobs on this machine; waiting for them (sweep directory: {sweep}" in (
+        done.stdout
+    )
+    # named after their overrides (sorted by key), not their job numbers
+    job_dirs = sorted(sweep.glob("eval.batch_size=1024,model.d_hidden=*"))
+    assert [d.name.split(",")[1] for d in job_dirs] == ["model.d_hidden=2", "model.d_hidden=3"]
     assert all((d / "results.json").is_file() for d in job_dirs)
     logs = sorted((sweep / ".submitit").glob("*/*_0_log.out"))
     assert len(logs) == 2

@@ -1,0 +1,1 @@
+"""The runner's Hydra launchers (launchers.py); Hydra finds launchers only under hydra_plugins."""
