@@ -24,7 +24,8 @@ from superposition.engine import resolve_engine
 from superposition.engine.device import resolve_device
 from superposition.job import check_directory, check_fits_in_memory, model_spec, run_job
 from superposition.store.checkpoint import TrainingInterrupted
-from superposition.store.outdir import check_usable
+from superposition.store.outdir import check_usable, exclusive
+from superposition.store.progress import Progress, write_progress
 
 register_configs()
 
@@ -133,6 +134,7 @@ def hydra_main(cfg: DictConfig) -> None:
             run_configured(cfg)
         except USER_ERRORS as err:
             print(f"error: {describe_user_error(err)}", file=sys.stderr)
+            record_refusal(err)
             raise
         except Exception:
             traceback.print_exc()
@@ -150,6 +152,7 @@ def hydra_main(cfg: DictConfig) -> None:
                 f"error: job {job.num} ({job.override_dirname}): {describe_user_error(err)}",
                 file=sys.stderr,
             )
+            record_refusal(err)
             FAILED_JOBS.append(job.num)
     else:
         # exit from inside the job: raised through Hydra, the error would be preceded by Hydra's
@@ -158,6 +161,17 @@ def hydra_main(cfg: DictConfig) -> None:
             run_configured(cfg)
         except (*USER_ERRORS, TrainingInterrupted) as err:
             exit_with(err)
+
+
+def record_refusal(err: BaseException) -> None:
+    """A multirun job refused before it trained says why in its progress.json, for `sweep
+    status`; not where another run holds the directory (its progress is that run's)."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with exclusive(out_dir, record=False):
+            write_progress(out_dir, Progress("failed", error=f"error: {describe_user_error(err)}"))
+    except (OSError, ConfigError):
+        pass
 
 
 def run_configured(cfg: DictConfig) -> None:

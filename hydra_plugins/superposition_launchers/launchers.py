@@ -11,6 +11,7 @@ The local launcher always waits: submitit ends local jobs when the submitting pr
 Hydra looks for launchers only under the `hydra_plugins` package, hence this folder.
 """
 
+import copy
 import fcntl
 import os
 import socket
@@ -32,6 +33,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from superposition.store.outdir import finished_results
 from superposition.sweep.manifest import (
     Job,
     Manifest,
@@ -49,13 +51,14 @@ def sweep_group(config: DictConfig) -> str:
     return config.wandb.group or "_".join(Path(str(config.hydra.sweep.dir)).parts[-2:])
 
 
-def job_dirs(
+def plan_jobs(
     launcher: BasicLauncher | BaseSubmititLauncher,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
-) -> list[Job]:
-    """Each job's directory as Hydra will name it (hydra.sweep.subdir, resolved per job)."""
-    jobs = []
+) -> tuple[list[Job], list[Job]]:
+    """The jobs to launch and those whose config already finished in the sweep directory, each
+    with its directory as Hydra names it (hydra.sweep.subdir, resolved per job)."""
+    to_launch, finished = [], []
     for index, overrides in enumerate(job_overrides):
         num = initial_job_idx + index
         job_config = launcher.hydra_context.config_loader.load_sweep_config(
@@ -63,15 +66,29 @@ def job_dirs(
         )
         with open_dict(job_config):
             job_config.hydra.job.num = num
-        jobs.append(
-            Job(
-                dir=str(job_config.hydra.sweep.subdir),
-                overrides=list(overrides),
-                num=num,
-                submission=0,
-            )
+        job = Job(
+            dir=str(job_config.hydra.sweep.subdir), overrides=list(overrides), num=num, submission=0
         )
-    return jobs
+        job_dir = Path(str(job_config.hydra.sweep.dir)) / job.dir
+        (finished if finished_here(job_config, job_dir) else to_launch).append(job)
+    return to_launch, finished
+
+
+def finished_here(job_config: DictConfig, job_dir: Path) -> bool:
+    """job_dir holds a finished run of this job's config. Anything else (no results, broken
+    ones, another config's, a config the job would refuse) is left to the job to say."""
+    from superposition.job import config_fingerprint  # torch and more: only when launching
+
+    try:
+        results = finished_results(job_dir) if job_dir.is_dir() else None
+        if results is None:
+            return False
+        task_config = copy.deepcopy(job_config)
+        with open_dict(task_config):
+            del task_config["hydra"]
+        return results.config_fingerprint == config_fingerprint(OmegaConf.to_object(task_config))
+    except Exception:
+        return False
 
 
 class ManifestLock:
@@ -91,9 +108,10 @@ class ManifestLock:
 
 
 def record_submission(
-    config: DictConfig, launcher_name: str, jobs: list[Job], wait: bool
+    config: DictConfig, launcher_name: str, jobs: list[Job], finished: list[Job], wait: bool
 ) -> Submission:
-    """Add this submission and its jobs to the sweep's manifest; return the submission."""
+    """Add this submission and the jobs it launches to the sweep's manifest (the finished jobs
+    it skips keep their entries; listed anew when the manifest lacks them); return it."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
     submission = Submission(
         time=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -113,20 +131,26 @@ def record_submission(
             "entity": config.wandb.entity,
             "group": sweep_group(config),
         }
-        manifest.add(submission, jobs)
+        unknown = [job for job in finished if manifest.job(job.dir) is None]
+        manifest.add(submission, jobs + unknown)
         write_manifest(sweep_dir, manifest)
+    if finished:
+        print(
+            f"{len(finished)} of {len(jobs) + len(finished)} jobs already finished in "
+            f"{sweep_dir}: not launched again",
+            flush=True,
+        )
     return submission
 
 
-def record_scheduler_ids(sweep_dir: Path, submission: Submission, ids: list[str]) -> None:
-    """The scheduler's ids of the jobs of the manifest's latest submission (in launch order)."""
+def record_scheduler_ids(sweep_dir: Path, ids: dict[str, str]) -> None:
+    """The scheduler's id of each launched job, by job directory."""
     with ManifestLock(sweep_dir):
         manifest = read_manifest(sweep_dir)
-        index = manifest.submissions.index(submission)
-        manifest.submissions[index].scheduler_job_id = ids[0].partition("_")[0] if ids else None
-        launched = [job for job in manifest.jobs if job.submission == index]
-        for job, scheduler_id in zip(sorted(launched, key=lambda j: j.num), ids, strict=True):
-            job.scheduler_id = scheduler_id
+        for job in manifest.jobs:
+            job.scheduler_id = ids.get(job.dir, job.scheduler_id)
+        arrays = {scheduler_id.partition("_")[0] for scheduler_id in ids.values()}
+        manifest.submissions[-1].scheduler_job_id = ",".join(sorted(arrays)) or None
         write_manifest(sweep_dir, manifest)
 
 
@@ -136,9 +160,13 @@ class InProcessLauncher(BasicLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        jobs = job_dirs(self, job_overrides, initial_job_idx)
-        record_submission(self.config, "in-process", jobs, wait=True)
-        return super().launch(job_overrides, initial_job_idx)
+        jobs, finished = plan_jobs(self, job_overrides, initial_job_idx)
+        record_submission(self.config, "in-process", jobs, finished, wait=True)
+        # one call per job keeps each job's number from the whole sweep's numbering
+        returns: list[JobReturn] = []
+        for job in jobs:
+            returns += super().launch([job.overrides], job.num)
+        return returns
 
 
 class _SweepSubmitit:
@@ -146,7 +174,6 @@ class _SweepSubmitit:
     (SLURM) returning once the jobs are queued."""
 
     _NAME = "abstract"
-    _OWN_KEYS = ("wait",)
 
     def __init__(self, **params) -> None:
         self.wait = bool(params.pop("wait", True))
@@ -156,20 +183,24 @@ class _SweepSubmitit:
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        jobs = job_dirs(self, job_overrides, initial_job_idx)
-        submission = record_submission(self.config, self._NAME, jobs, self.wait)
+        jobs, finished = plan_jobs(self, job_overrides, initial_job_idx)
+        record_submission(self.config, self._NAME, jobs, finished, self.wait)
+        if not jobs:
+            return []
         state = Singleton.get_state()
         arguments = [
-            (list(overrides), "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", state)
-            for overrides, job in zip(job_overrides, jobs, strict=True)
+            (job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", state)
+            for job in jobs
         ]
         submitted = self._executor().map_array(self, *zip(*arguments, strict=True))
-        record_scheduler_ids(sweep_dir, submission, [job.job_id for job in submitted])
+        record_scheduler_ids(
+            sweep_dir, {job.dir: s.job_id for job, s in zip(jobs, submitted, strict=True)}
+        )
         if self.wait:
             print_waiting(sweep_dir, self._NAME, submitted)
             return [job.results()[0] for job in submitted]
         print_submitted(sweep_dir, submitted)
-        return [left_running(overrides) for overrides in job_overrides]
+        return [left_running(job.overrides) for job in jobs]
 
     def _executor(self):
         import submitit

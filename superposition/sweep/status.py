@@ -1,0 +1,221 @@
+"""Where every job of a sweep stands: finished, running, queued, stopped or failed.
+
+Read from the sweep directory (the manifest, each job's results.json, progress.json, lock and
+log) and, for jobs with a SLURM id, from squeue and sacct when they answer. Correct without SLURM:
+an in-process or cluster=local job is running while its process holds the job directory's lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from superposition.config import ConfigError
+from superposition.store.outdir import LOCK, finished_results
+from superposition.store.progress import Progress, read_progress
+from superposition.store.results import RunResults
+from superposition.sweep.manifest import Job, Manifest
+from superposition.sweep.scheduler import ENDED_BADLY, SchedulerState, slurm_states
+
+STATES = ("finished", "running", "queued", "stopped", "failed", "not started")
+SUMMARY_LEVELS = 4
+
+
+@dataclass
+class JobStatus:
+    job: Job
+    label: str  # the job's swept overrides
+    state: str  # one of STATES
+    detail: str  # one line: the loss summary, the step, the error
+    results: RunResults | None = None
+    requeues: int = 0
+
+    def line(self, label_width: int) -> str:
+        requeued = f" (requeued {self.requeues}×)" if self.requeues else ""
+        return f"{self.state:<11}  {self.label:<{label_width}}  {self.detail}{requeued}".rstrip()
+
+
+def job_label(job: Job, keys: list[str]) -> str:
+    values = job.override_values
+    return " ".join(f"{key}={values[key]}" for key in keys if key in values) or job.dir
+
+
+def loss_summary(results: RunResults) -> str:
+    """The verdict of a preset run, else the kept loss per level (the range beyond a few)."""
+    verdict = f"verdict {results.verdict}; " if results.verdict else ""
+    losses = [
+        (level.feature_probability, level.eval_loss)
+        for level in results.levels
+        if level.eval_loss is not None
+    ]
+    if not losses:
+        return verdict + "no level has a finite loss"
+    if len(losses) <= SUMMARY_LEVELS:
+        return verdict + "loss " + ", ".join(f"p={p:g}: {loss:.4g}" for p, loss in losses)
+    low, high = min(losses, key=lambda pl: pl[1]), max(losses, key=lambda pl: pl[1])
+    return (
+        verdict + f"loss over {len(losses)} levels from {low[1]:.4g} (p={low[0]:g}) to "
+        f"{high[1]:.4g} (p={high[0]:g})"
+    )
+
+
+def holder_alive(job_dir: Path) -> bool:
+    """The process recorded in the job directory's lock file is alive on this host: the job is
+    training or analysing. Read, never taken: taking the lock, even for a moment, could turn
+    away the job itself as it starts. A holder on another host (a SLURM node) is left to the
+    scheduler's answer."""
+    try:
+        text = (job_dir / LOCK).read_text(errors="replace")
+    except OSError:
+        return False
+    match = re.match(r"pid (\d+) on (\S+),", text)
+    if match is None or match.group(2) != socket.gethostname():
+        return False
+    return pid_alive(int(match.group(1)))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def step_detail(progress: Progress | None) -> str:
+    if progress is None:
+        return "starting"
+    if progress.state == "analysing":
+        return f"training done ({progress.total} steps), evaluating and writing"
+    rate = f" ({progress.steps_per_s:.0f} steps/s)" if progress.steps_per_s else ""
+    return f"step {progress.step}/{progress.total}{rate}"
+
+
+def last_error_line(text: str) -> str | None:
+    """The line that says why a job failed: our one-line 'error:' or 'interrupted:', else the
+    last line of a traceback, else the last line."""
+    # a progress bar redraws its line with carriage returns: its last drawing is what counts
+    lines = [line.split("\r")[-1].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    for line in reversed(lines):
+        if line.startswith(("error:", "interrupted:")):
+            return line
+    for index in range(len(lines) - 1, 0, -1):
+        if (
+            lines[index - 1].startswith("Traceback")
+            or ":" in lines[index]
+            and (lines[index].split(":")[0].endswith(("Error", "Exception", "Interrupt")))
+        ):
+            return lines[index]
+    return lines[-1] if lines else None
+
+
+def log_error(sweep_dir: Path, scheduler_id: str | None) -> str | None:
+    """The error line of a submitit job's stderr log (SWEEP/.submitit/<id>/<id>_0_log.err)."""
+    if scheduler_id is None:
+        return None
+    for log in sorted((sweep_dir / ".submitit" / scheduler_id).glob("*_log.err")):
+        try:
+            line = last_error_line(log.read_text(errors="replace"))
+        except OSError:
+            continue
+        if line:
+            return f"{line} (log {log.relative_to(sweep_dir)})"
+    return None
+
+
+def submitter_alive(manifest: Manifest, job: Job) -> bool:
+    """The process that launched the job still runs (on this host; elsewhere: assumed so)."""
+    submission = manifest.submissions[job.submission] if manifest.submissions else None
+    if submission is None:
+        return False
+    return submission.host != socket.gethostname() or pid_alive(submission.pid)
+
+
+def job_status(
+    sweep_dir: Path,
+    manifest: Manifest,
+    job: Job,
+    label: str,
+    scheduler: SchedulerState | None,
+) -> JobStatus:
+    job_dir = sweep_dir / job.dir
+
+    def status(state: str, detail: str, **more) -> JobStatus:
+        requeues = progress.requeues if progress is not None else 0
+        return JobStatus(job, label, state, detail, requeues=requeues, **more)
+
+    progress = read_progress(job_dir)
+    try:
+        results = finished_results(job_dir) if job_dir.is_dir() else None
+    except ConfigError as err:
+        return status("failed", str(err))
+    if results is not None:
+        return status("finished", loss_summary(results), results=results)
+    if holder_alive(job_dir):
+        return status("running", step_detail(progress))
+    if scheduler is not None:
+        if scheduler.state in ("PENDING", "REQUEUED", "CONFIGURING"):
+            why = f" ({scheduler.reason})" if scheduler.reason else ""
+            return status("queued", f"SLURM {job.scheduler_id} {scheduler.state.lower()}{why}")
+        if scheduler.state in ("RUNNING", "COMPLETING", "SUSPENDED"):
+            return status("running", step_detail(progress))
+        if scheduler.state in ENDED_BADLY or scheduler.state == "COMPLETED":
+            error = (progress.error if progress and progress.state == "failed" else None) or (
+                log_error(sweep_dir, job.scheduler_id)
+            )
+            # submitit ends a job whose function raised with exit 0: COMPLETED says nothing
+            ended = (
+                f" (SLURM {scheduler.state}, exit {scheduler.reason})"
+                if scheduler.state != "COMPLETED"
+                else ""
+            )
+            return status("failed", f"{error or 'ended without results or an error line'}{ended}")
+    if progress is not None:
+        if progress.state == "failed":
+            return status("failed", progress.error or "failed without an error line")
+        if progress.state == "interrupted":
+            return status(
+                "stopped",
+                f"interrupted at step {progress.step}/{progress.total}, checkpoint saved; "
+                "run the sweep's command again to resume",
+            )
+        if progress.state in ("running", "analysing"):
+            error = log_error(sweep_dir, job.scheduler_id)
+            return status(
+                "stopped",
+                f"ended at step {progress.step}/{progress.total} without a word (killed?)"
+                + (f": {error}" if error else "")
+                + "; run the sweep's command again to resume",
+            )
+    error = log_error(sweep_dir, job.scheduler_id)
+    if error is not None:
+        return status("failed", error)
+    if submitter_alive(manifest, job):
+        return status("queued", "waits for its turn in the submitting process")
+    return status("not started", "the command that launched it has ended")
+
+
+def sweep_status(sweep_dir: Path, manifest: Manifest) -> list[JobStatus]:
+    sweep_dir = Path(sweep_dir)
+    arrays = sorted(
+        {job.scheduler_id.partition("_")[0] for job in manifest.jobs if job.scheduler_id}
+    )
+    slurm_jobs = [job for job in manifest.jobs if job.scheduler_id and "_" in job.scheduler_id]
+    states = slurm_states(arrays) if slurm_jobs else {}
+    keys = manifest.swept_keys()
+    return [
+        job_status(sweep_dir, manifest, job, job_label(job, keys), states.get(job.scheduler_id))
+        for job in manifest.jobs
+    ]
+
+
+def total_line(statuses: list[JobStatus]) -> str:
+    counts = [(state, sum(s.state == state for s in statuses)) for state in STATES]
+    parts = ", ".join(f"{n} {state}" for state, n in counts if n)
+    return f"{len(statuses)} job{'s' if len(statuses) != 1 else ''}: {parts}"

@@ -1,0 +1,95 @@
+"""A multirun as one unit, without a scheduler: its manifest, `python -m superposition.sweep
+status`, and a second submission that launches only the jobs whose config has not finished.
+Real in-process multiruns in subprocesses (tests/test_slurm.py does the same on SLURM)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, run_cli
+
+TINY = [
+    "task=identity",
+    "model.n_features=6",
+    "train.steps=30",
+    "train.restarts=2",
+    "eval.batch_size=1024",
+    "sweep.feature_probability=[1.0,0.1]",
+    "wandb.mode=disabled",
+]
+
+
+def sweep_status(sweep) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "superposition.sweep", "status", str(sweep), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def states(status: dict) -> dict[str, str]:
+    return {job["label"]: job["state"] for job in status["jobs"]}
+
+
+def test_status_and_a_grown_sweep_that_trains_only_its_new_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", *TINY, "model.d_hidden=2,0,3", f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 2  # the refused job fails the command, after the others ran
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    assert [job["num"] for job in manifest["jobs"]] == [0, 1, 2]
+    assert manifest["submissions"][0]["launcher"] == "in-process"
+
+    status = sweep_status(sweep)
+    assert states(status) == {
+        "model.d_hidden=2": "finished",
+        "model.d_hidden=0": "failed",
+        "model.d_hidden=3": "finished",
+    }
+    by_label = {job["label"]: job for job in status["jobs"]}
+    assert by_label["model.d_hidden=0"]["detail"] == "error: model.d_hidden must be >= 1, got 0"
+    assert by_label["model.d_hidden=2"]["detail"].startswith("loss p=1: ")
+    assert status["total"] == "3 jobs: 2 finished, 1 failed"
+
+    # the same sweep, its list grown and reordered: only d_hidden=4 (and the refused 0) run
+    finished = {
+        job["dir"]: (sweep / job["dir"] / "results.json").read_bytes()
+        for job in status["jobs"]
+        if job["state"] == "finished"
+    }
+    again = run_cli("-m", *TINY, "model.d_hidden=4,3,0,2", f"hydra.sweep.dir={sweep}")
+    assert "2 of 4 jobs already finished in" in again.stdout
+    assert again.stdout.count("results written to") == 1
+    assert (
+        "model.d_hidden=4" in again.stdout and "already finished, not trained" not in again.stdout
+    )
+    for directory, content in finished.items():
+        assert (sweep / directory / "results.json").read_bytes() == content
+    status = sweep_status(sweep)
+    assert states(status)["model.d_hidden=4"] == "finished"
+    assert status["total"] == "4 jobs: 3 finished, 1 failed"
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    assert len(manifest["submissions"]) == 2
+    assert {job["dir"] for job in manifest["jobs"]} == {job["dir"] for job in status["jobs"]}
+
+
+def test_status_refuses_what_is_not_a_sweep(tmp_path):
+    for target, message in [
+        (tmp_path / "missing", "is not a directory"),
+        (tmp_path, "is not a sweep directory"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "superposition.sweep", "status", str(target)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and done.stdout == ""
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("error: ") and message in line
