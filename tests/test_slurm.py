@@ -93,9 +93,32 @@ def multirun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def job_dirs(sweep: Path) -> list[Path]:
-    """The jobs' output directories, in job order."""
-    dirs = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
-    return sorted(dirs, key=lambda p: int(p.name.split("_", 1)[0]))
+    """The jobs' output directories, in job order (the manifest's)."""
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    return [sweep / job["dir"] for job in sorted(manifest["jobs"], key=lambda job: job["num"])]
+
+
+def sweep_status(sweep: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "superposition.sweep", "status", str(sweep), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def status_when_settled(sweep: Path, timeout: float = 240) -> dict:
+    """`sweep status` polled until no job is queued or running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = sweep_status(sweep)
+        if not {job["state"] for job in status["jobs"]} & {"queued", "running"}:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
 
 
 def array_id(sweep: Path) -> str:
@@ -127,51 +150,64 @@ def wait_for_states(job_id: str, count: int, timeout: float = 30) -> dict[str, s
         time.sleep(1)
 
 
-def test_sweep_runs_as_a_slurm_job_array(tmp_path):
+def test_a_sweep_is_submitted_and_left_then_followed_and_grown(tmp_path):
     sweep = tmp_path / "sweep"
-    done = multirun(
-        tmp_path,
-        "task=identity,abs",
-        "model.d_hidden=2,3",
-        *TINY,
-        *SMALL_JOBS,
-        f"hydra.sweep.dir={sweep}",
-    )
+    sweep_args = ["model.d_hidden=2,3", *TINY, *SMALL_JOBS, f"hydra.sweep.dir={sweep}"]
+    done = multirun(tmp_path, "task=identity,abs", *sweep_args)
     assert done.returncode == 0, done.stderr
-    assert "Submitit 'slurm' sweep output dir" in done.stdout + done.stderr
+    array = array_id(sweep)
+    assert done.stdout.splitlines()[-4:] == [
+        f"submitted 4 jobs to SLURM as array job {array}; they run without this command "
+        "(hydra.launcher.wait=true waits for them)",
+        f"sweep directory: {sweep}",
+        f"  status:  python -m superposition.sweep status {sweep}",
+        f"  collect: python -m superposition.sweep collect {sweep}",
+    ]
+    # returned while the array is still queued or running: 4 jobs on a 2-CPU node take turns
+    assert {job["state"] for job in sweep_status(sweep)["jobs"]} & {"queued", "running"}
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    assert manifest["submissions"][0]["scheduler_job_id"] == array
+    assert [job["scheduler_id"] for job in manifest["jobs"]] == [f"{array}_{i}" for i in range(4)]
 
     # submitted with sbatch as one array of four tasks, each with its pickles and logs
-    array = array_id(sweep)
     script = (sweep / ".submitit" / array / f"{array}_submission.sh").read_text()
     assert re.search(r"^#SBATCH --array=0-3%\d+$", script, re.M), script
     assert "#SBATCH --gpus-per-node=0" in script
-    assert f"srun --unbuffered --output {sweep}/.submitit/" in script
+    status = status_when_settled(sweep)
+    assert status["total"] == "4 jobs: 4 finished", status
     for task in range(4):
         folder = sweep / ".submitit" / f"{array}_{task}"
-        assert (folder / f"{array}_{task}_submitted.pkl").is_file()
         assert (folder / f"{array}_{task}_0_result.pkl").is_file()
         log = (folder / f"{array}_{task}_0_log.out").read_text()
         assert f"JobEnvironment(job_id={array}_{task}," in log
-        assert "Job completed successfully" in log
-    states = wait_for_states(array, 4)
-    assert states == {f"{array}_{task}": "COMPLETED" for task in range(4)}
+    assert wait_for_states(array, 4) == {f"{array}_{task}": "COMPLETED" for task in range(4)}
 
-    # every job wrote its results in its own directory under the sweep directory
+    # every job wrote its results in its own directory, named after its overrides
     dirs = job_dirs(sweep)
     expected = [("identity", 2), ("identity", 3), ("abs", 2), ("abs", 3)]
-    assert len(dirs) == len(expected)
     for job_dir, (task, d_hidden) in zip(dirs, expected, strict=True):
+        assert f"model.d_hidden={d_hidden}," in job_dir.name and f"task={task}" in job_dir.name
         results = json.loads((job_dir / "results.json").read_text())
         assert (results["task"], results["d_hidden"], results["n_features"]) == (task, d_hidden, 6)
         assert [lv["feature_probability"] for lv in results["levels"]] == [1.0, 0.1]
-        assert (job_dir / "weights.safetensors").is_file()
 
     # the offline W&B runs of all jobs share one group: the sweep directory's last two parts
     runs = [read_offline_run(offline_runs(job_dir)[-1])["run"] for job_dir in dirs]
     assert {run["run_group"] for run in runs} == {f"{sweep.parent.name}_{sweep.name}"}
-    assert [run["display_name"] for run in runs] == [
-        f"{num}_{task}_6to{d_hidden}" for num, (task, d_hidden) in enumerate(expected)
-    ]
+
+    # the same sweep with one more swept value: only its two jobs are submitted
+    finished = {d: (d / "results.json").read_bytes() for d in dirs}
+    grown = multirun(tmp_path, "task=identity,abs", *sweep_args[1:], "model.d_hidden=2,3,4")
+    assert grown.returncode == 0, grown.stderr
+    assert f"4 of 6 jobs already finished in {sweep}: not launched again" in grown.stdout
+    assert "submitted 2 jobs to SLURM" in grown.stdout
+    (grown_script,) = set((sweep / ".submitit").glob("*/*_submission.sh")) - {
+        sweep / ".submitit" / array / f"{array}_submission.sh"
+    }
+    assert re.search(r"^#SBATCH --array=0-1%\d+$", grown_script.read_text(), re.M)
+    status = status_when_settled(sweep)
+    assert status["total"] == "6 jobs: 6 finished", status
+    assert all((d / "results.json").read_bytes() == content for d, content in finished.items())
 
 
 def test_a_failing_job_fails_the_sweep_and_the_others_finish(tmp_path):
@@ -183,6 +219,7 @@ def test_a_failing_job_fails_the_sweep_and_the_others_finish(tmp_path):
         *TINY,
         "train.restarts=2,0",
         *SMALL_JOBS,
+        "hydra.launcher.wait=true",
         "wandb.mode=disabled",
         f"hydra.sweep.dir={sweep}",
     )
@@ -195,6 +232,9 @@ def test_a_failing_job_fails_the_sweep_and_the_others_finish(tmp_path):
     assert not (failed / "results.json").exists()
     array = array_id(sweep)
     assert (sweep / ".submitit" / f"{array}_1" / f"{array}_1_0_result.pkl").is_file()
+    status = sweep_status(sweep)
+    assert [job["state"] for job in status["jobs"]] == ["finished", "failed"]
+    assert status["jobs"][1]["detail"] == "error: train.restarts must be >= 1, got 0"
 
 
 def test_a_signalled_job_is_requeued_and_finishes(tmp_path):
@@ -210,6 +250,7 @@ def test_a_signalled_job_is_requeued_and_finishes(tmp_path):
         *TINY,
         "train.steps=600",
         *SMALL_JOBS,
+        "hydra.launcher.wait=true",
         "wandb.mode=disabled",
         f"hydra.sweep.dir={sweep}",
     ]
@@ -225,7 +266,7 @@ def test_a_signalled_job_is_requeued_and_finishes(tmp_path):
             # the job has started once Hydra made its output directory (submitit's signal
             # handlers are in place before that)
             deadline = time.monotonic() + 120
-            while not list(sweep.glob("0_*/.hydra")):
+            while not list(sweep.glob("*/.hydra")):
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "the job did not start within 120 s"
                 time.sleep(0.2)
