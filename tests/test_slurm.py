@@ -286,3 +286,19 @@ def test_a_signalled_job_is_requeued_and_finishes(tmp_path):
     (job_dir,) = job_dirs(sweep)
     assert json.loads((job_dir / "results.json").read_text())["steps"] == 600
     assert wait_for_states(job, 1) == {job: "COMPLETED"}
+
+
+def test_a_refused_submission_is_one_line_and_records_no_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = multirun(
+        tmp_path,
+        "task=identity",
+        *TINY,
+        *SMALL_JOBS,
+        "hydra.launcher.partition=no_such_partition",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: sbatch: error: ") and "partition" in line
+    assert not (sweep / "manifest.json").exists()

@@ -5,8 +5,10 @@ Real in-process multiruns in subprocesses (tests/test_slurm.py does the same on 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 
 from conftest import REPO, run_cli
 
@@ -93,3 +95,47 @@ def test_status_refuses_what_is_not_a_sweep(tmp_path):
         assert done.returncode == 2 and done.stdout == ""
         (line,) = done.stderr.splitlines()
         assert line.startswith("error: ") and message in line
+
+
+def test_a_killed_sweep_shows_what_stopped_and_resumes_it(tmp_path):
+    """SIGKILL to an in-process multirun in its first job: status says the first job stopped at
+    its step and the second never started; the same command resumes the first from its
+    checkpoint and trains the second."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        *TINY,
+        "train.steps=6000",
+        "train.checkpoint_every=50",
+        "model.d_hidden=2,3",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    command = [sys.executable, "-m", "superposition.run", *args]
+    with subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 120
+            while not any(
+                (d / "checkpoint.pt").exists() and step_of(d) > 0 for d in sweep.glob("*=*")
+            ):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            proc.kill()
+    status = sweep_status(sweep)
+    assert states(status) == {"model.d_hidden=2": "stopped", "model.d_hidden=3": "not started"}
+    stopped = status["jobs"][0]["detail"]
+    assert re.match(r"ended at step \d+/6000 without a word \(killed\?\); run the sweep", stopped)
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("resuming from") == 1
+    assert sweep_status(sweep)["total"] == "2 jobs: 2 finished"
+
+
+def step_of(job_dir) -> int:
+    try:
+        return json.loads((job_dir / "progress.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0

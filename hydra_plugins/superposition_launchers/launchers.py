@@ -16,8 +16,10 @@ import fcntl
 import os
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +110,15 @@ class ManifestLock:
 
 
 def record_submission(
-    config: DictConfig, launcher_name: str, jobs: list[Job], finished: list[Job], wait: bool
-) -> Submission:
-    """Add this submission and the jobs it launches to the sweep's manifest (the finished jobs
-    it skips keep their entries; listed anew when the manifest lacks them); return it."""
+    config: DictConfig,
+    launcher_name: str,
+    jobs: list[Job],
+    finished: list[Job],
+    wait: bool,
+    scheduler_job_id: str | None = None,
+) -> None:
+    """Add this submission and the jobs it launched to the sweep's manifest (the finished jobs
+    it skips keep their entries; listed anew when the manifest lacks them)."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
     submission = Submission(
         time=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -120,6 +127,7 @@ def record_submission(
         host=socket.gethostname(),
         pid=os.getpid(),
         wait=wait,
+        scheduler_job_id=scheduler_job_id,
     )
     with ManifestLock(sweep_dir):
         manifest = read_manifest(sweep_dir) or Manifest(
@@ -134,24 +142,32 @@ def record_submission(
         unknown = [job for job in finished if manifest.job(job.dir) is None]
         manifest.add(submission, jobs + unknown)
         write_manifest(sweep_dir, manifest)
+
+
+def say_finished(sweep_dir: Path, jobs: list[Job], finished: list[Job]) -> None:
     if finished:
         print(
             f"{len(finished)} of {len(jobs) + len(finished)} jobs already finished in "
             f"{sweep_dir}: not launched again",
             flush=True,
         )
-    return submission
 
 
-def record_scheduler_ids(sweep_dir: Path, ids: dict[str, str]) -> None:
-    """The scheduler's id of each launched job, by job directory."""
-    with ManifestLock(sweep_dir):
-        manifest = read_manifest(sweep_dir)
-        for job in manifest.jobs:
-            job.scheduler_id = ids.get(job.dir, job.scheduler_id)
-        arrays = {scheduler_id.partition("_")[0] for scheduler_id in ids.values()}
-        manifest.submissions[-1].scheduler_job_id = ",".join(sorted(arrays)) or None
-        write_manifest(sweep_dir, manifest)
+@contextmanager
+def stderr_held_back() -> Iterator[None]:
+    """What sbatch writes to stderr (file descriptor 2) is held back while jobs are submitted:
+    on success it is passed on; on failure the error (which quotes it) is the one line shown."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
 
 
 class InProcessLauncher(BasicLauncher):
@@ -161,6 +177,7 @@ class InProcessLauncher(BasicLauncher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         jobs, finished = plan_jobs(self, job_overrides, initial_job_idx)
+        say_finished(Path(str(self.config.hydra.sweep.dir)), jobs, finished)
         record_submission(self.config, "in-process", jobs, finished, wait=True)
         # one call per job keeps each job's number from the whole sweep's numbering
         returns: list[JobReturn] = []
@@ -184,18 +201,22 @@ class _SweepSubmitit:
     ) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         jobs, finished = plan_jobs(self, job_overrides, initial_job_idx)
-        record_submission(self.config, self._NAME, jobs, finished, self.wait)
+        say_finished(sweep_dir, jobs, finished)
         if not jobs:
+            record_submission(self.config, self._NAME, jobs, finished, self.wait)
             return []
         state = Singleton.get_state()
         arguments = [
             (job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", state)
             for job in jobs
         ]
-        submitted = self._executor().map_array(self, *zip(*arguments, strict=True))
-        record_scheduler_ids(
-            sweep_dir, {job.dir: s.job_id for job, s in zip(jobs, submitted, strict=True)}
-        )
+        with stderr_held_back():
+            submitted = self._executor().map_array(self, *zip(*arguments, strict=True))
+        # recorded once the scheduler took the jobs: a refused submission leaves no entry
+        for job, scheduler_job in zip(jobs, submitted, strict=True):
+            job.scheduler_id = scheduler_job.job_id
+        array = submitted[0].job_id.partition("_")[0]
+        record_submission(self.config, self._NAME, jobs, finished, self.wait, array)
         if self.wait:
             print_waiting(sweep_dir, self._NAME, submitted)
             return [job.results()[0] for job in submitted]
