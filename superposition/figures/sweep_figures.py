@@ -73,7 +73,7 @@ MAX_P_TICKS = 7
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SweepJob:
     """One finished job of a sweep, as its figures draw it."""
 
@@ -359,6 +359,10 @@ def features_2d_grid_figure(jobs: Sequence[SweepJob]) -> Figure:
     colorbar(fig, ScalarMappable(norm, matplotlib.colormaps["viridis"]), axes, "importance")
     suptitle(fig, f"features in 2D across the sweep: {len(rows)} jobs × their levels")
     return fig
+
+
+# every figure this module draws, by file stem
+SWEEP_FIGURES = ("metrics", "features_2d")
 
 
 def sweep_figure_makers(
