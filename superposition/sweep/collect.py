@@ -291,8 +291,8 @@ def markdown(
     if figures:
         lines += ["", "## Figures"]
         for path in figures:
-            title = FIGURE_TITLES.get(path.stem, path.stem)
-            lines += ["", f"### {title}", "", f"![{title}]({PLOTS_DIR}/{path.name})"]
+            heading = FIGURE_TITLES.get(path.stem, path.stem)
+            lines += ["", f"### {heading}", "", f"![{heading}]({PLOTS_DIR}/{path.name})"]
     unfinished = [r for r in reports if not r.finished]
     if unfinished:
         lines += ["", "## Missing", ""]
@@ -330,8 +330,9 @@ def wandb_settings(sweep_dir: Path, manifest: Manifest) -> dict[str, Any]:
     }
     for key in settings:
         for source in (manifest.wandb, configured):
-            if isinstance(source, dict) and source.get(key) is not None:
-                settings[key] = source[key]
+            value = source.get(key) if isinstance(source, dict) else None
+            if value is not None and "${" not in str(value):  # not an unresolved interpolation
+                settings[key] = value
                 break
     if settings["group"] is None:
         hydra = _job_yaml(sweep_dir, manifest.jobs, "hydra.yaml").get("hydra") or {}
