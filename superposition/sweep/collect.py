@@ -125,7 +125,9 @@ def read_job(sweep_dir: Path, job: Job, swept_keys: list[str]) -> JobReport:
     try:
         results = finished_results(job_dir)
     except Exception as err:  # a broken job is reported, never the end of collect
-        report.state = BROKEN + _one_line(err)
+        # the job's own paths said relative to it: the line names the job already
+        reason = _one_line(err).replace(f"{job_dir}/", "").replace(str(job_dir), "its directory")
+        report.state = BROKEN + reason
         return report
     if results is None:
         report.state = job_state(job_dir)
