@@ -318,3 +318,106 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.finish(exit_code=0 if exc_type is None else 1)
         return False
+
+
+# ------------------------------------------------------------------ a sweep's collected results
+
+SWEEP_JOB_TYPE = "sweep"
+SWEEP_RUN_NAME = "sweep"
+# where an offline sweep run's earlier directory waits while its replacement is written
+SUPERSEDED_PREFIX = ".superseded-"
+
+
+def sweep_run_id(sweep_dir: Path) -> str:
+    """The W&B run id of a sweep directory's collected results, fixed per directory: collected
+    again, online it updates the same run, offline it replaces the same run's directory."""
+    import hashlib
+
+    return "sweep-" + hashlib.sha256(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
+
+
+class SweepRun:
+    """Where log_sweep put the sweep's run: its id, its local directory (offline:
+    SWEEP/wandb/offline-run-<time>-<id>) and, online, its page."""
+
+    def __init__(self, run_id: str, run_dir: Path | None, url: str | None):
+        self.run_id, self.run_dir, self.url = run_id, run_dir, url
+
+
+def _set_aside_offline_runs(wandb_dir: Path, run_id: str) -> list[tuple[Path, Path]]:
+    """Rename the sweep run's earlier offline directories out of `wandb sync`'s glob; return
+    (original, renamed) pairs."""
+    moved = []
+    for old in sorted(wandb_dir.glob(f"offline-run-*-{run_id}")):
+        aside = old.with_name(SUPERSEDED_PREFIX + old.name)
+        old.rename(aside)
+        moved.append((old, aside))
+    return moved
+
+
+def log_sweep(
+    *,
+    sweep_dir: Path,
+    mode: str,
+    project: str,
+    entity: str | None,
+    group: str | None,
+    config: dict,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    figures: dict[str, Path],
+    summary: dict[str, Any],
+) -> SweepRun | None:
+    """The sweep as one W&B run beside its jobs: job type 'sweep' in the sweep's group, the table
+    'sweep' (columns × rows), the figures (key 'plots/<name>') and summary values. Its id is
+    sweep_run_id(sweep_dir); offline it lives in SWEEP/wandb/ and replaces the directory of the
+    previous collect's run of that id (kept instead if this one fails). Never raises: where W&B
+    fails, one warning line (Tracker); None then, and with mode 'disabled'."""
+    import shutil
+
+    sweep_dir = Path(sweep_dir)
+    mode = getattr(mode, "value", mode)
+    run_id = sweep_run_id(sweep_dir)
+    superseded = []
+    if mode == "offline":
+        try:
+            superseded = _set_aside_offline_runs(sweep_dir / "wandb", run_id)
+        except OSError as err:
+            warn("could not replace the sweep's earlier offline run", err)
+    tracker = Tracker.start(
+        config=config,
+        out_dir=sweep_dir,
+        mode=mode,
+        project=project,
+        entity=entity,
+        group=group,
+        name=SWEEP_RUN_NAME,
+        job_type=SWEEP_JOB_TYPE,
+        resume_id=run_id,
+    )
+    started_dir = tracker.run_dir
+
+    def log(run):
+        import wandb
+
+        media = {f"plots/{name}": wandb.Image(str(path)) for name, path in figures.items()}
+        table = wandb.Table(
+            columns=list(columns), data=[list(row) for row in rows], allow_mixed_types=True
+        )
+        run.log({**media, "sweep": table})
+        run.summary.update(summary)
+
+    tracker._guarded("log_sweep", log)
+    logged = None
+    if tracker.enabled:
+        url = getattr(tracker._run, "url", None) if mode == "online" else None
+        logged = SweepRun(tracker.run_id, tracker.run_dir, url)
+    tracker.finish()
+    if logged is None and superseded and started_dir is not None:
+        shutil.rmtree(started_dir, ignore_errors=True)  # a failed run does not replace a good one
+    for original, aside in superseded:
+        if logged is None and not original.exists():
+            aside.rename(original)  # this collect wrote no run: the earlier one stands
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    return logged

@@ -220,6 +220,41 @@ def _stacked_bars(
 # --------------------------------------------------------------------------------------- figures
 
 
+def features_2d_limit(
+    W: Annotated[np.ndarray, "level hidden feature"], finite: list[bool]
+) -> float:
+    """Half the width of a features-in-2D panel: the unit circle, or the longest feature of the
+    finite levels with room to spare."""
+    norms = [np.linalg.norm(W[lv], axis=0).max() for lv in range(len(W)) if finite[lv]]
+    return max([1.0, *[1.15 * n for n in norms]])
+
+
+def features_2d_panel(
+    ax,
+    W: Annotated[np.ndarray, "2 feature"],
+    importance: Annotated[np.ndarray, "feature"],
+    norm: Normalize,
+    lim: float,
+) -> None:
+    """One level's features in 2D on `ax`: each feature a line from the origin to its column of W,
+    coloured by importance (viridis under `norm`), the unit circle dotted, axes ±lim."""
+    cmap = matplotlib.colormaps["viridis"]
+    ax.set_aspect("equal")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.add_patch(Circle((0, 0), 1.0, fill=False, linestyle=":", color="0.75", linewidth=0.8))
+    ax.axhline(0, color="0.85", linewidth=0.6, zorder=0)
+    ax.axvline(0, color="0.85", linewidth=0.6, zorder=0)
+    order = np.argsort(importance)  # most important drawn last, on top
+    ends = W[:, order].T
+    colors = cmap(norm(importance[order]))
+    segments = np.stack([np.zeros_like(ends), ends], axis=1)
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=2.0))
+    ax.scatter(ends[:, 0], ends[:, 1], c=colors, s=22, zorder=3, edgecolors="none")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
+
+
 def features_2d_figure(run: Run) -> Figure:
     """The course's pentagon picture: each feature a line from the origin to its column."""
     W = feature_array(run)
@@ -228,28 +263,14 @@ def features_2d_figure(run: Run) -> Figure:
     axes = axes_grid(fig, 1, n_levels, Margins(left=0.45, bottom=0.35, wgap=0.35))[0]
     cmap, norm = matplotlib.colormaps["viridis"], _importance_norm(run)
     finite = finite_levels(run)
-    norms = [np.linalg.norm(W[lv], axis=0).max() for lv in range(n_levels) if finite[lv]]
-    lim = max([1.0, *[1.15 * n for n in norms]])
+    lim = features_2d_limit(W, finite)
     importance = importance_matrix(run)
     for level, (ax, p) in enumerate(zip(axes, probabilities(run), strict=True)):
         if not finite[level]:
             _blank(ax, p)
             continue
         ax.set_title(_level_title(p))
-        ax.set_aspect("equal")
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.add_patch(Circle((0, 0), 1.0, fill=False, linestyle=":", color="0.75", linewidth=0.8))
-        ax.axhline(0, color="0.85", linewidth=0.6, zorder=0)
-        ax.axvline(0, color="0.85", linewidth=0.6, zorder=0)
-        order = np.argsort(importance[level])  # most important drawn last, on top
-        ends = W[level][:, order].T
-        colors = cmap(norm(importance[level][order]))
-        segments = np.stack([np.zeros_like(ends), ends], axis=1)
-        ax.add_collection(LineCollection(segments, colors=colors, linewidths=2.0))
-        ax.scatter(ends[:, 0], ends[:, 1], c=colors, s=22, zorder=3, edgecolors="none")
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
+        features_2d_panel(ax, W[level], importance[level], norm, lim)
     suptitle(fig, _header(run, f"features in 2D (columns of {feature_name(run)})"))
     colorbar(fig, ScalarMappable(norm, cmap), axes, "importance")
     return fig
