@@ -42,9 +42,9 @@ from superposition.figures.sweep_figures import (
 )
 from superposition.store.files import write_atomically, write_json
 from superposition.store.outdir import finished_results
-from superposition.store.progress import read_progress
-from superposition.store.results import LevelResult, RunResults, load_run
+from superposition.store.results import RunResults, load_run
 from superposition.sweep.manifest import Job, Manifest, ManifestError, sweep_manifest
+from superposition.sweep.status import JobStatus, loss_summary, sweep_status
 from superposition.track import log_sweep, scalar_metrics
 
 CSV = "sweep.csv"
@@ -57,7 +57,6 @@ BROKEN = "unreadable: "  # the state of a job whose results cannot be read, befo
 LEVEL_COLUMNS = ["feature_probability", "relative_importance", "eval_loss", "best_restart"]
 JOB_COLUMNS = ["task", "n_features", "d_hidden", "preset", "verdict"]
 # a job with at most this many levels has every level's loss in sweep.md
-LISTED_LEVELS = 4
 FIGURE_TITLES = {
     "metrics": "Metrics against the feature probability",
     "features_2d": "Features in 2D",
@@ -88,38 +87,17 @@ class JobReport:
         return self.state.startswith(BROKEN)
 
 
-def job_label(job: Job, swept_keys: list[str]) -> str:
-    """The job's overrides of the swept keys, 'task=abs, model.d_hidden=2'; its directory when it
-    overrides none of them."""
-    values = job.override_values
-    return ", ".join(f"{key}={values[key]}" for key in swept_keys if key in values) or job.dir
-
-
-def job_state(job_dir: Path) -> str:
-    """The state of a job without a finished run: from its progress.json, else 'not started'."""
-    progress = read_progress(job_dir) if job_dir.is_dir() else None
-    if progress is None:
-        return "not started"
-    state = progress.state
-    if state == "finished":
-        return "finished, but without a readable results.json"
-    if progress.total:
-        state += f" (step {progress.step} of {progress.total})"
-    if progress.error:
-        state += f": {progress.error}"
-    return state
-
-
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text if text else type(err).__name__
 
 
-def read_job(sweep_dir: Path, job: Job, swept_keys: list[str]) -> JobReport:
+def read_job(sweep_dir: Path, status: JobStatus) -> JobReport:
     """The job's finished results (and its 2D model's features), its state when it has none, or
     why it is broken; never raises."""
+    job = status.job
     job_dir = sweep_dir / job.dir
-    report = JobReport(job, job_label(job, swept_keys), "not started")
+    report = JobReport(job, status.label, f"{status.state}: {status.detail}")
     if not job_dir.is_dir():
         return report
     try:
@@ -130,7 +108,6 @@ def read_job(sweep_dir: Path, job: Job, swept_keys: list[str]) -> JobReport:
         report.state = BROKEN + reason
         return report
     if results is None:
-        report.state = job_state(job_dir)
         return report
     report.state, report.results = "finished", results
     features, feature_name = None, "W"
@@ -205,30 +182,6 @@ def write_csv(path: Path, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------------ sweep.md
-
-
-def _where(level: LevelResult) -> str:
-    where = f"p={level.feature_probability:g}"
-    if level.relative_importance is not None:
-        where += f" r={level.relative_importance:g}"
-    return where
-
-
-def loss_summary(results: RunResults) -> str:
-    """Each level's held-out loss (best restart), or for many levels the lowest and where."""
-    levels = results.levels
-    if len(levels) <= LISTED_LEVELS:
-        return ", ".join(
-            f"{_where(lv)}: " + ("none finite" if lv.eval_loss is None else f"{lv.eval_loss:.4g}")
-            for lv in levels
-        )
-    finite = [lv for lv in levels if lv.eval_loss is not None and math.isfinite(lv.eval_loss)]
-    if not finite:
-        return f"none finite in {len(levels)} levels"
-    best = min(finite, key=lambda lv: lv.eval_loss)
-    lost = len(levels) - len(finite)
-    without = f", {lost} without a finite loss" if lost else ""
-    return f"lowest {best.eval_loss:.4g} at {_where(best)} (of {len(levels)} levels{without})"
 
 
 def _md(text: str) -> str:
@@ -437,7 +390,7 @@ def collect(sweep_dir: Path) -> int:
 
 def _collect(sweep_dir: Path, manifest: Manifest) -> int:
     swept_keys = manifest.swept_keys()
-    reports = [read_job(sweep_dir, job, swept_keys) for job in manifest.jobs]
+    reports = [read_job(sweep_dir, status) for status in sweep_status(sweep_dir, manifest)]
     finished = [r for r in reports if r.finished]
     print(f"{sweep_dir}: {len(finished)} of {len(reports)} jobs finished")
     for report in reports:

@@ -7,6 +7,7 @@ an in-process or cluster=local job is running while its process holds the job di
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 from superposition.config import ConfigError
 from superposition.store.outdir import LOCK, finished_results
 from superposition.store.progress import Progress, read_progress
-from superposition.store.results import RunResults
+from superposition.store.results import LevelResult, RunResults
 from superposition.sweep.manifest import Job, Manifest
 from superposition.sweep.scheduler import ENDED_BADLY, SchedulerState, slurm_states
 
@@ -43,23 +44,28 @@ def job_label(job: Job, keys: list[str]) -> str:
     return " ".join(f"{key}={values[key]}" for key in keys if key in values) or job.dir
 
 
+def _where(level: LevelResult) -> str:
+    where = f"p={level.feature_probability:g}"
+    if level.relative_importance is not None:
+        where += f" r={level.relative_importance:g}"
+    return where
+
+
 def loss_summary(results: RunResults) -> str:
-    """The verdict of a preset run, else the kept loss per level (the range beyond a few)."""
-    verdict = f"verdict {results.verdict}; " if results.verdict else ""
-    losses = [
-        (level.feature_probability, level.eval_loss)
-        for level in results.levels
-        if level.eval_loss is not None
-    ]
-    if not losses:
-        return verdict + "no level has a finite loss"
-    if len(losses) <= SUMMARY_LEVELS:
-        return verdict + "loss " + ", ".join(f"p={p:g}: {loss:.4g}" for p, loss in losses)
-    low, high = min(losses, key=lambda pl: pl[1]), max(losses, key=lambda pl: pl[1])
-    return (
-        verdict + f"loss over {len(losses)} levels from {low[1]:.4g} (p={low[0]:g}) to "
-        f"{high[1]:.4g} (p={high[0]:g})"
-    )
+    """Each level's held-out loss (best restart), or for many levels the lowest and where."""
+    levels = results.levels
+    if len(levels) <= SUMMARY_LEVELS:
+        return "loss " + ", ".join(
+            f"{_where(lv)}: " + ("none finite" if lv.eval_loss is None else f"{lv.eval_loss:.4g}")
+            for lv in levels
+        )
+    finite = [lv for lv in levels if lv.eval_loss is not None and math.isfinite(lv.eval_loss)]
+    if not finite:
+        return f"no finite loss in {len(levels)} levels"
+    best = min(finite, key=lambda lv: lv.eval_loss)
+    lost = len(levels) - len(finite)
+    without = f", {lost} without a finite loss" if lost else ""
+    return f"lowest loss {best.eval_loss:.4g} at {_where(best)} (of {len(levels)} levels{without})"
 
 
 def holder_alive(job_dir: Path) -> bool:
@@ -156,7 +162,8 @@ def job_status(
     except ConfigError as err:
         return status("failed", str(err))
     if results is not None:
-        return status("finished", loss_summary(results), results=results)
+        verdict = f"verdict {results.verdict}; " if results.verdict else ""
+        return status("finished", verdict + loss_summary(results), results=results)
     if holder_alive(job_dir):
         return status("running", step_detail(progress))
     if scheduler is not None:
