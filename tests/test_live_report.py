@@ -1,7 +1,10 @@
 """What training tells while it runs: train_grid's observer gets every level's recorded loss once,
-in the order of training, from chunked and resumed runs (the W&B history rows of a job)."""
+in the order of training, from chunked and resumed runs (the W&B history rows of a job); the
+progress file never costs the job a thing."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from superposition.config import TrainConfig
 from superposition.engine.train import TrainObserver, _HostCopies, history_steps, train_grid
 from superposition.grid import sparsity_grid
 from superposition.store.checkpoint import Checkpointer
+from superposition.store.progress import PROGRESS, ProgressFile, read_progress
 from superposition.tasks.model import ModelSpec
 
 CPU = torch.device("cpu")
@@ -122,3 +126,25 @@ def test_host_copies_on_cuda_go_through_pinned_buffers_in_order():
     assert not copies.pending
     assert [s for s, _ in got] == list(range(5))
     assert all(loss.is_pinned() and loss.tolist() == [float(s)] * 3 for s, loss in got)
+
+
+def test_a_progress_file_that_cannot_be_written_costs_one_warning(tmp_path, capsys):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    progress = ProgressFile(blocked)
+    progress.step, progress.total = 3, 10
+    progress.write("running")
+    progress.write("failed", error="x")
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"warning: {PROGRESS} could not be written (FileExistsError")
+    assert line.endswith("; the job goes on without it")
+
+
+def test_a_finished_progress_stays_finished(tmp_path):
+    progress = ProgressFile(tmp_path)
+    progress.step = progress.total = 60
+    progress.write("finished")
+    progress.write("interrupted")
+    assert read_progress(tmp_path).state == "finished"
+    assert json.loads((tmp_path / PROGRESS).read_text())["step"] == 60
