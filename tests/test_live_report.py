@@ -1,6 +1,6 @@
 """What training tells while it runs: train_grid's observer gets every level's recorded loss once,
 in the order of training, from chunked and resumed runs (the W&B history rows of a job); the
-progress file never costs the job a thing."""
+progress file never costs the job a thing, and says how a job ended."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 from superposition.config import TrainConfig
 from superposition.engine.train import TrainObserver, _HostCopies, history_steps, train_grid
 from superposition.grid import sparsity_grid
-from superposition.store.checkpoint import Checkpointer
+from superposition.job import run_job
+from superposition.run import to_config
+from superposition.store.checkpoint import Checkpointer, CheckpointError
 from superposition.store.progress import PROGRESS, ProgressFile, read_progress
 from superposition.tasks.model import ModelSpec
 
@@ -148,3 +150,14 @@ def test_a_finished_progress_stays_finished(tmp_path):
     progress.write("interrupted")
     assert read_progress(tmp_path).state == "finished"
     assert json.loads((tmp_path / PROGRESS).read_text())["step"] == 60
+
+
+def test_a_job_that_fails_says_so_in_one_line(compose_config, tmp_path):
+    config = to_config(compose_config("task=identity", "train.steps=40", "wandb.mode=disabled"))
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        run_job(config, tmp_path, run_name="broken")
+    progress = read_progress(tmp_path)
+    assert progress.state == "failed"
+    assert progress.error.startswith(f"CheckpointError: checkpoint {tmp_path / 'checkpoint.pt'} ")
+    assert "\n" not in progress.error
