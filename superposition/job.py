@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -20,13 +22,18 @@ from superposition.analysis.geometry import (
 from superposition.analysis.metrics import computes_signs, level_metrics, one_sign_features
 from superposition.analysis.select import Selection, gather_best, select_best
 from superposition.analysis.verdicts import Report, judge, write_report
-from superposition.config import Config, ConfigError
+from superposition.config import Config, ConfigError, TrainConfig
 from superposition.engine import bytes_per_instance, resolve_engine
 from superposition.engine.device import free_memory_bytes, resolve_device
-from superposition.engine.train import TrainResult, train_grid
+from superposition.engine.train import TrainObserver, TrainResult, history_steps, train_grid
 from superposition.figures.run_figures import PLOTS_DIR, draw_run
 from superposition.grid import InstanceGrid, phase_cell, phase_sweep_grid, sparsity_grid
-from superposition.store.checkpoint import Checkpointer, StopSignals, fingerprint
+from superposition.store.checkpoint import (
+    Checkpointer,
+    StopSignals,
+    TrainingInterrupted,
+    fingerprint,
+)
 from superposition.store.files import HISTORY, RESULTS, WEIGHTS, json_safe, write_tensors
 from superposition.store.outdir import (
     check_not_busy,
@@ -35,6 +42,7 @@ from superposition.store.outdir import (
     finished_results,
     remove_stale_temporaries,
 )
+from superposition.store.progress import ProgressFile, one_line
 from superposition.store.results import (
     DataPairs,
     Exclusion,
@@ -44,7 +52,7 @@ from superposition.store.results import (
     write_results,
 )
 from superposition.tasks.model import ModelSpec
-from superposition.track import Tracker
+from superposition.track import Tracker, level_labels, logged_indices
 
 
 def model_spec(config: Config) -> ModelSpec:
@@ -217,7 +225,31 @@ def run_job(
     with exclusive(out_dir):
         for path in remove_stale_temporaries(out_dir):
             print(f"removed {path}, left by an interrupted write")
-        return _run_locked(config, out_dir, run_name, group, tracked_config)
+        progress = ProgressFile(out_dir)
+        # refused before the job is this directory's (another config's results): nothing written
+        finished = finished_here(config, out_dir)
+        if finished is not None:
+            print(f"already finished, not trained again: results in {out_dir}")
+            progress.step = progress.total = finished_steps(finished)
+            progress.write("finished")
+            return finished
+        try:
+            return _run_locked(config, out_dir, run_name, group, tracked_config, progress)
+        except TrainingInterrupted:
+            progress.write("interrupted")
+            raise
+        except Exception as err:
+            progress.write("failed", error=one_line(err))
+            raise
+        except BaseException:  # a requeueing signal handler's SystemExit, KeyboardInterrupt
+            progress.write("interrupted")
+            raise
+
+
+def finished_steps(results: RunResults) -> int:
+    """The steps a finished run's progress bar counted: train.steps × chunks."""
+    n_instances = results.n_levels * results.restarts
+    return results.steps * math.ceil(n_instances / (results.chunk_size or n_instances or 1))
 
 
 def check_fits_in_memory(config: Config) -> None:
@@ -265,13 +297,14 @@ def check_directory(config: Config, out_dir: Path) -> None:
 
 
 def _run_locked(
-    config: Config, out_dir: Path, run_name: str, group: str | None, tracked_config: dict | None
+    config: Config,
+    out_dir: Path,
+    run_name: str,
+    group: str | None,
+    tracked_config: dict | None,
+    progress: ProgressFile,
 ) -> RunResults:
     run_fingerprint = config_fingerprint(config)
-    finished = finished_here(config, out_dir)
-    if finished is not None:
-        print(f"already finished, not trained again: results in {out_dir}")
-        return finished
     device = resolve_device(config.device)
     spec, grid = model_spec(config), build_grid(config)
     checkpointer = Checkpointer(out_dir, run_fingerprint, config.train.checkpoint_every)
@@ -279,9 +312,19 @@ def _run_locked(
     if saved is not None:
         print(f"resuming from {checkpointer.path}")
     with _start_tracker(config, out_dir, run_name, group, tracked_config) as tracker:
+        live = LiveReport(tracker, progress, grid, config.train, config.wandb.log_every)
         trained = train_grid(
-            spec, grid, config.train, config.seed, device, checkpointer, saved, data=config.data
+            spec,
+            grid,
+            config.train,
+            config.seed,
+            device,
+            checkpointer,
+            saved,
+            data=config.data,
+            observer=live,
         )
+        live.ended()
         # stop signals from here to results.json: acted on at the next stage boundary, with the
         # trained state already in the checkpoint (train_grid saves it last)
         with StopSignals() as stop:
@@ -296,13 +339,8 @@ def _run_locked(
                 "loss": trained.loss_history.view(-1, grid.n_levels, grid.restarts),
             }
             report = _write_outputs(config, out_dir, Run(results, best, history), stop_point)
+        progress.write("finished")
         checkpointer.remove()
-        tracker.log_history(
-            trained.history_steps,
-            history["loss"],
-            grid.feature_probability.tolist(),
-            config.wandb.log_every,
-        )
         tracker.log_results(results, out_dir)
         if report is not None:
             tracker.log_report(report.markdown(), report.summary())
@@ -310,6 +348,71 @@ def _run_locked(
     if report is not None:
         print(report.markdown().rstrip())
     return results
+
+
+# seconds between progress.json writes, and between W&B summary updates, while training
+PROGRESS_EVERY_S = 2.0
+SUMMARY_EVERY_S = 5.0
+
+
+class LiveReport(TrainObserver):
+    """What the job tells while it trains: the loss per level as W&B history rows (at the steps
+    logged_indices chooses, with the training step under STEP_KEY and W&B's step counting
+    chunk × train.steps + step), and where training stands in progress.json (state running) and
+    in W&B's summary ('progress/step', 'progress/total', 'progress/steps_per_s'), throttled."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        progress: ProgressFile,
+        grid: InstanceGrid,
+        train: TrainConfig,
+        log_every: int,
+    ):
+        self.tracker, self.progress = tracker, progress
+        self.labels = level_labels(grid.feature_probability.tolist())
+        steps = history_steps(train.steps, train.log_every)
+        self.logged = {steps[t] for t in logged_indices(steps, log_every)}
+        self.first_done, self.first_time = 0, time.monotonic()
+        self.next_progress = self.next_summary = -math.inf
+
+    def started(self, done: int, total: int) -> None:
+        self.first_done, self.first_time = done, time.monotonic()
+        self.progress.step, self.progress.total = done, total
+        self._report(self.first_time)
+
+    def stepped(self, done: int, total: int) -> None:
+        self.progress.step = done
+        now = time.monotonic()
+        if now >= self.next_progress or now >= self.next_summary:
+            self._report(now)
+
+    def wants_loss(self, step: int) -> bool:
+        return step in self.logged and self.tracker.enabled
+
+    def recorded(
+        self, step: int, done: int, levels: range, loss: Annotated[Tensor, "level restart"]
+    ) -> None:
+        labels = self.labels[levels.start : levels.stop]
+        self.tracker.log_levels(step, loss, labels, wandb_step=done)
+
+    def ended(self) -> None:
+        """Training is over (the job goes on to analyse): the last counts, unthrottled."""
+        self._report(time.monotonic(), state="analysing")
+
+    def _report(self, now: float, state: str = "running") -> None:
+        progress = self.progress
+        if now > self.first_time and progress.step > self.first_done:
+            progress.steps_per_s = (progress.step - self.first_done) / (now - self.first_time)
+        if now >= self.next_progress or state != "running":
+            progress.write(state)
+            self.next_progress = now + PROGRESS_EVERY_S
+        if now >= self.next_summary or state != "running":
+            summary = {"progress/step": progress.step, "progress/total": progress.total}
+            if progress.steps_per_s is not None:
+                summary["progress/steps_per_s"] = progress.steps_per_s
+            self.tracker.update_summary(summary)
+            self.next_summary = now + SUMMARY_EVERY_S
 
 
 def _start_tracker(

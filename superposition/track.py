@@ -28,6 +28,9 @@ MODES = ("offline", "online", "disabled")
 # seconds wandb.init may take (online: reaching the server) before the job goes on without it
 INIT_TIMEOUT_S = 60.0
 ARTIFACT_NAME_MAXLEN = 128
+# the training step of a history row: the x axis of every train/* key (W&B's own step counts
+# chunk × train.steps + step, so that it only grows when chunks train one after another)
+STEP_KEY = "train/step"
 
 
 def warn(what: str, reason: BaseException | str) -> None:
@@ -76,30 +79,33 @@ def logged_indices(steps: Sequence[int], log_every: int) -> list[int]:
     return chosen
 
 
+def level_row(loss: Annotated[Tensor, "level restart"], labels: Sequence[str]) -> dict[str, float]:
+    """{key: value} of one recorded step: per level the best and the mean training loss over the
+    restarts whose loss is finite ('train/loss_best/p=0.1', 'train/loss_mean/p=0.1'); a level
+    with none finite is left out."""
+    loss = loss.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(loss)
+    count = finite.sum(-1)
+    best = torch.where(finite, loss, math.inf).amin(-1).tolist()
+    mean = (torch.where(finite, loss, 0.0).sum(-1) / count.clamp(min=1)).tolist()
+    row = {}
+    for label, n, low, average in zip(labels, count.tolist(), best, mean, strict=True):
+        if n:
+            row[f"train/loss_best/{label}"] = low
+            row[f"train/loss_mean/{label}"] = average
+    return row
+
+
 def history_rows(
     steps: Sequence[int],
     loss: Annotated[Tensor, "time level restart"],
     feature_probability: Sequence[float],
     log_every: int,
 ) -> list[tuple[int, dict[str, float]]]:
-    """(step, {key: value}) for each logged step: per level the best and the mean training loss
-    over the restarts whose loss is finite there (a level with none finite is left out)."""
-    loss = loss.detach().to("cpu", torch.float64)
-    finite = torch.isfinite(loss)
-    count = finite.sum(-1)
-    best = torch.where(finite, loss, math.inf).amin(-1).tolist()
-    mean = (torch.where(finite, loss, 0.0).sum(-1) / count.clamp(min=1)).tolist()
-    count = count.tolist()
+    """(step, level_row) for each step that logged_indices chooses: the W&B history of a loss
+    record (the job logs the same rows while it trains, each with its STEP_KEY)."""
     labels = level_labels(feature_probability)
-    rows = []
-    for t in logged_indices(steps, log_every):
-        row = {}
-        for level, label in enumerate(labels):
-            if count[t][level]:
-                row[f"train/loss_best/{label}"] = best[t][level]
-                row[f"train/loss_mean/{label}"] = mean[t][level]
-        rows.append((int(steps[t]), row))
-    return rows
+    return [(int(steps[t]), level_row(loss[t], labels)) for t in logged_indices(steps, log_every)]
 
 
 def scalar_metrics(level: LevelResult) -> dict[str, float | int | bool | None]:
@@ -219,7 +225,14 @@ class Tracker:
         except Exception as err:
             warn(f"could not start ({mode})", err)
             return cls()
-        return cls(run)
+        tracker = cls(run)
+
+        def define(run):
+            run.define_metric(STEP_KEY)
+            run.define_metric("train/*", step_metric=STEP_KEY)
+
+        tracker._guarded("define_metric", define)
+        return tracker
 
     @property
     def enabled(self) -> bool:
@@ -249,6 +262,20 @@ class Tracker:
                 except Exception:
                     pass
 
+    def log_levels(
+        self,
+        step: int,
+        loss: Annotated[Tensor, "level restart"],
+        labels: Sequence[str],
+        wandb_step: int | None = None,
+    ) -> None:
+        """One history row as training records it: level_row of these levels (labels: theirs)
+        and STEP_KEY: step, committed at W&B's step wandb_step (default: step), which must grow
+        from row to row (W&B drops a row at a step below its last one)."""
+        row = {STEP_KEY: step, **level_row(loss, labels)}
+        at = step if wandb_step is None else wandb_step
+        self._guarded("log_history", lambda run: run.log(row, step=at, commit=True))
+
     def log_history(
         self,
         steps: Sequence[int],
@@ -256,14 +283,17 @@ class Tracker:
         feature_probability: Sequence[float],
         log_every: int,
     ) -> None:
-        """Per level the best and mean training loss over restarts, at the training steps chosen
-        by logged_indices, keyed 'train/loss_best/p=0.1' and 'train/loss_mean/p=0.1'."""
+        """A whole loss record at once: the rows of history_rows, each with its STEP_KEY."""
 
         def log(run):
             for step, row in history_rows(steps, loss, feature_probability, log_every):
-                run.log(row, step=step)
+                run.log({STEP_KEY: step, **row}, step=step, commit=True)
 
         self._guarded("log_history", log)
+
+    def update_summary(self, values: dict[str, Any]) -> None:
+        """Set these run summary values (e.g. where training stands)."""
+        self._guarded("update_summary", lambda run: run.summary.update(values))
 
     def log_results(self, results: RunResults, out_dir: Path) -> None:
         """Figures out_dir/plots/*.png (key 'plots/<stem>'), the table 'levels', per-level summary
@@ -278,7 +308,7 @@ class Tracker:
                 f"plots/{png.stem}": wandb.Image(str(png))
                 for png in sorted(out_dir.glob("plots/*.png"))
             }
-            # no step: joins the last history row, the final training step
+            # no step: the row after the last history row
             run.log({**media, "levels": wandb.Table(columns=columns, data=rows)})
             run.summary.update(level_summary(results))
             artifact = wandb.Artifact(

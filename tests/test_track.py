@@ -20,6 +20,7 @@ from superposition.config import WandbMode
 from superposition.store.files import HISTORY, RESULTS, WEIGHTS, read_tensors
 from superposition.store.results import LevelResult, RunResults, read_results
 from superposition.track import (
+    STEP_KEY,
     Tracker,
     artifact_name,
     history_rows,
@@ -156,7 +157,8 @@ def test_config_is_the_resolved_config(tracked):
 
 def test_loss_history(tracked):
     history = tracked["read"]["history"]
-    assert sorted(history) == LOGGED_STEPS
+    assert sorted(tracked["read"]["train"]) == LOGGED_STEPS
+    assert [step for step, row in sorted(history.items()) if STEP_KEY in row] == LOGGED_STEPS
     steps = tracked["history"]["steps"].tolist()
     loss = tracked["history"]["loss"]
     assert loss.shape == (len(steps), len(PROBABILITIES), 2)
@@ -164,7 +166,7 @@ def test_loss_history(tracked):
     for step in LOGGED_STEPS:
         t = steps.index(step)
         row = history[step]
-        assert row["_step"] == step
+        assert row["_step"] == row[STEP_KEY] == step
         for level, label in enumerate(LABELS):
             assert row[f"train/loss_best/{label}"] == pytest.approx(loss[t, level].min().item())
             assert row[f"train/loss_mean/{label}"] == pytest.approx(loss[t, level].mean().item())
@@ -181,8 +183,9 @@ def test_figures(tracked, job_dir):
         stored = run_dir / "files" / image["path"]
         assert stored.is_file() and image["path"] in tracked["read"]["files"]
         assert image["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
-    # logged with the last training step
-    last = tracked["read"]["history"][LOGGED_STEPS[-1]]
+    # logged in the row after the last training step's
+    last = tracked["read"]["history"][LOGGED_STEPS[-1] + 1]
+    assert STEP_KEY not in last
     assert all(last[f"{key}._type"] == "image-file" for key in images)
 
 

@@ -26,7 +26,9 @@ def read_offline_run(run_dir: Path) -> dict:
 
     run: the run record (run_id, display_name, run_group, job_type, project, resume, ...);
     config, summary, state ('finished', 'failed', ...), exit_code: the final state;
-    history: {step: {key: value}}, rows of the same step merged;
+    history: {step: {key: value}}, rows of the same (W&B) step merged;
+    train: {train/step: {key: value}}, the history rows that carry a train/step, merged by it
+    (the rows of a chunked run's levels come at several W&B steps);
     artifacts: [{name, type, metadata, files: {path: {size, digest, local_path}}}];
     files: paths (relative to run_dir/files) that the run saved.
     """
@@ -61,6 +63,11 @@ def read_offline_run(run_dir: Path) -> dict:
             )
         elif kind == "files":
             files += [f["path"] for f in record["files"]["files"]]
+    train = {}
+    for row in history.values():
+        if "train/step" in row:
+            keys = [key for key in row if key.startswith("train/")]
+            train.setdefault(int(row["train/step"]), {}).update({key: row[key] for key in keys})
     return {
         "run": run,
         "config": final.get("config", {}),
@@ -68,6 +75,7 @@ def read_offline_run(run_dir: Path) -> dict:
         "state": final.get("state"),
         "exit_code": final.get("exit_code"),
         "history": history,
+        "train": train,
         "artifacts": artifacts,
         "files": files,
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -77,6 +79,70 @@ class _LossReadout:
             self.event.record()
             self.pending = True
         return self.shown
+
+
+class TrainObserver:
+    """What train_grid tells while it trains; every method here does nothing.
+
+    Counts are the progress bar's: `done` = chunk × train.steps + steps taken in that chunk, of
+    `total` = train.steps × chunks. A recorded loss comes per level (a grid point's restarts, which
+    chunks may split): a level's loss at a step is handed on by the chunk that holds its last
+    restart, once the copy of it is on the host, in the order of training.
+    """
+
+    def started(self, done: int, total: int) -> None:
+        """Training starts, or resumes with `done` steps behind it."""
+
+    def stepped(self, done: int, total: int) -> None:
+        """After every step: called at the step rate, it must be cheap and never wait on the
+        device."""
+
+    def wants_loss(self, step: int) -> bool:
+        """Whether `recorded` is to get the losses recorded at this training step."""
+        return False
+
+    def recorded(
+        self, step: int, done: int, levels: range, loss: Annotated[Tensor, "level restart"]
+    ) -> None:
+        """The training loss of every restart of these levels at training `step`, as the loss
+        record holds it (float32, on the CPU); `done` is the count of that step."""
+
+
+class _HostCopies:
+    """Recorded losses on their way to the host, handed on in order once there.
+
+    On CUDA each goes into a pinned host buffer by a copy that does not block, and is handed on
+    once the event recorded after it has passed: `poll` never waits, `flush` does. Elsewhere each
+    is handed on at once.
+    """
+
+    def __init__(self, device: torch.device, deliver: Callable[[int, Tensor], None]):
+        self.cuda = device.type == "cuda"
+        self.deliver = deliver
+        self.pending: deque[tuple[int, Tensor, torch.cuda.Event]] = deque()
+
+    def push(self, step: int, loss: Annotated[Tensor, "instance"]) -> None:
+        if not self.cuda:
+            self.deliver(step, loss.detach().to("cpu", copy=True))
+            return
+        host = torch.empty(loss.shape, dtype=loss.dtype, pin_memory=True)
+        host.copy_(loss.detach(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((step, host, event))
+
+    def poll(self) -> None:
+        """Hand on the copies that have arrived, oldest first, up to the first still under way."""
+        while self.pending and self.pending[0][2].query():
+            step, host, _ = self.pending.popleft()
+            self.deliver(step, host)
+
+    def flush(self) -> None:
+        """Wait for every copy under way and hand it on."""
+        while self.pending:
+            step, host, event = self.pending.popleft()
+            event.synchronize()
+            self.deliver(step, host)
 
 
 class ChunkRun:
@@ -307,6 +373,67 @@ def _progress_bar(cfg: TrainConfig, n: int, progress: _Progress) -> tqdm:
     )
 
 
+def _columns(
+    records: list[Annotated[Tensor, "log instance"]], first: int, stop: int, n_logs: int
+) -> Annotated[Tensor, "log instance"]:
+    """Instances first .. stop-1 of loss records joined along the instance axis."""
+    parts, offset = [torch.empty(n_logs, 0)], 0
+    for record in records:
+        low, high = max(first - offset, 0), min(stop - offset, record.shape[1])
+        if low < high:
+            parts.append(record[:, low:high])
+        offset += record.shape[1]
+    return torch.cat(parts, dim=1)
+
+
+class _Reporter:
+    """train_grid's side of its observer: the counts, and the losses of whole levels.
+
+    A chunk hands on the levels whose last restart it holds; their restarts in earlier chunks come
+    from those chunks' loss records (on the host already).
+    """
+
+    def __init__(
+        self,
+        observer: TrainObserver,
+        grid: InstanceGrid,
+        cfg: TrainConfig,
+        device: torch.device,
+        total: int,
+    ):
+        self.observer, self.total = observer, total
+        self.restarts, self.steps = grid.restarts, cfg.steps
+        self.index = {step: i for i, step in enumerate(history_steps(cfg.steps, cfg.log_every))}
+        self.copies = _HostCopies(device, self._deliver)
+        self.offset, self.levels, self.count = 0, range(0), 0
+        self.before = torch.empty(len(self.index), 0)
+
+    def begin_chunk(self, index: int, start: int, end: int, finished: list[dict]) -> None:
+        """Chunk `index`, of instances start .. end-1, starts; `finished` holds the ones before."""
+        restarts = self.restarts
+        self.offset = index * self.steps
+        self.levels = range(start // restarts, end // restarts)
+        first = self.levels.start * restarts
+        self.count = self.levels.stop * restarts - start  # this chunk's instances in those levels
+        histories = [outcome["history"] for outcome in finished]
+        self.before = _columns(histories, first, start, len(self.index))
+
+    def after_step(self, run: ChunkRun, loss: Annotated[Tensor, "instance"] | None) -> None:
+        step = run.step - 1
+        if loss is not None and self.levels and self.observer.wants_loss(step):
+            self.copies.push(step, loss[: self.count])
+        self.copies.poll()
+        self.observer.stepped(self.offset + run.step, self.total)
+
+    def flush(self) -> None:
+        self.copies.flush()
+
+    def _deliver(self, step: int, loss: Annotated[Tensor, "instance"]) -> None:
+        joined = torch.cat([self.before[self.index[step]], loss])
+        levels = joined.view(len(self.levels), self.restarts)
+        self.observer.recorded(step, self.offset + step, self.levels, levels)
+
+
 def train_grid(
     spec: ModelSpec,
     grid: InstanceGrid,
@@ -316,6 +443,7 @@ def train_grid(
     checkpointer: Checkpointer | None = None,
     saved: dict | None = None,
     data: DataConfig | None = None,
+    observer: TrainObserver | None = None,
 ) -> TrainResult:
     """Train all instances of the grid, chunked over the instance axis when memory is short.
 
@@ -323,7 +451,8 @@ def train_grid(
     not depend on the chunk size. `saved` is a state from `checkpointer.load()` to go on from.
     With a checkpointer, a checkpoint is saved every `checkpointer.every` steps, and on SIGTERM,
     SIGUSR2 or SIGINT one is saved before training stops (see checkpoint.StopSignals).
-    `data` sets the course's correlated and anticorrelated pairs (default: none).
+    `data` sets the course's correlated and anticorrelated pairs (default: none). `observer` hears
+    where training stands and gets the recorded losses it asks for (TrainObserver).
     """
     features = FeatureDistribution.of(spec.definition, data)
     n = grid.n_instances
@@ -344,9 +473,13 @@ def train_grid(
     readout = _LossReadout(device)
     stop_signals = StopSignals() if checkpointer is not None else contextlib.nullcontext()
     n_done = progress.n_done
+    observer = observer if observer is not None else TrainObserver()
     with stop_signals as stop, _progress_bar(cfg, n, progress) as bar:
+        report = _Reporter(observer, grid, cfg, device, bar.total)
+        observer.started(bar.n, bar.total)
         for start in range(n_done, n, chunk):
-            instances = torch.arange(start, min(start + chunk, n), device=device)
+            end = min(start + chunk, n)
+            instances = torch.arange(start, end, device=device)
             current = progress.current
             resume = current if current is not None and current["start"] == start else None
             run = ChunkRun(
@@ -354,11 +487,12 @@ def train_grid(
                 cfg,
                 seed,
                 instances,
-                probability[start : start + chunk],
+                probability[start:end],
                 importance[instances],
                 resume,
                 features=features,
             )
+            report.begin_chunk(start // chunk, start, end, finished)
             while not run.done:
                 loss = run.advance()
                 bar.update(1)
@@ -366,10 +500,13 @@ def train_grid(
                     shown = readout.push(loss)
                     if shown is not None:
                         bar.set_postfix(loss=f"{shown:.4g}", refresh=False)
+                report.after_step(run, loss)
                 if checkpointer is not None and (checkpointer.due(run.step) or stop.received):
                     checkpointer.save(snapshot(run))
                     if stop.received:
+                        report.flush()
                         stop.stop(checkpointer.path)
+            report.flush()
             finished.append(run.outcome())
             del run
             release_freed_memory(device)

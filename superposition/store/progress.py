@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from superposition.store.files import write_json
+from superposition.store.files import DiskFullError, write_json
 
 PROGRESS = "progress.json"
 STATES = ("running", "analysing", "finished", "interrupted", "failed")
@@ -66,3 +67,44 @@ def read_progress(out_dir: Path) -> Progress | None:
         return Progress(**{k: v for k, v in payload.items() if k in known})
     except TypeError:
         return None
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An error as one line: its type and its message, whitespace folded, at most `limit` long."""
+    text = " ".join(str(err).split())
+    line = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class ProgressFile:
+    """progress.json of the job that holds the output directory, written so that it never costs
+    the job anything: a write that fails is ignored, with one warning line the first time (none for
+    a full disk, which the job's own next write reports). `write` records the current step, total
+    and speed under a state; once `finished` is written, the file stays so."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.step, self.total = 0, 0
+        self.steps_per_s: float | None = None
+        self.state: str | None = None
+        self._warned = False
+
+    def write(self, state: str, error: str | None = None) -> None:
+        if self.state == "finished":
+            return
+        self.state = state
+        progress = Progress(
+            state, self.step, self.total, self.steps_per_s, requeue_count(), error=error
+        )
+        try:
+            write_progress(self.out_dir, progress)
+        except DiskFullError:
+            pass
+        except Exception as err:
+            if not self._warned:
+                self._warned = True
+                print(
+                    f"warning: {PROGRESS} could not be written ({one_line(err)}); the job goes "
+                    "on without it",
+                    file=sys.stderr,
+                )
