@@ -26,7 +26,6 @@ from superposition.config import Config, ConfigError, TrainConfig
 from superposition.engine import bytes_per_instance, resolve_engine
 from superposition.engine.device import free_memory_bytes, resolve_device
 from superposition.engine.train import TrainObserver, TrainResult, history_steps, train_grid
-from superposition.figures.run_figures import PLOTS_DIR, draw_run
 from superposition.grid import InstanceGrid, phase_cell, phase_sweep_grid, sparsity_grid
 from superposition.store.checkpoint import (
     Checkpointer,
@@ -324,10 +323,10 @@ def _run_locked(
             data=config.data,
             observer=live,
         )
-        live.ended()
         # stop signals from here to results.json: acted on at the next stage boundary, with the
         # trained state already in the checkpoint (train_grid saves it last)
         with StopSignals() as stop:
+            live.ended()
 
             def stop_point() -> None:
                 if stop.received is not None:
@@ -473,6 +472,9 @@ def _write_outputs(
 ) -> Report | None:
     """Weights, loss record, figures, the preset's verdict and, last, results.json (with the
     digests of what was written before it); the verdict's report when there is one."""
+    # matplotlib only once there is something to draw: a job refused at start starts faster
+    from superposition.figures.run_figures import PLOTS_DIR, draw_run
+
     write_tensors(out_dir / WEIGHTS, run.weights)
     write_tensors(out_dir / HISTORY, run.history)
     stop_point()

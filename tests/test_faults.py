@@ -128,13 +128,22 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path):
     assert finished_run(out, "train.steps=4000", "train.checkpoint_every=20")["steps"] == 4000
 
 
+@pytest.fixture(scope="module")
+def two_finished_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two finished runs of SMALL, seeds 0 and 1 (copy before changing them)."""
+    base = tmp_path_factory.mktemp("finished")
+    finished_run(base / "run")
+    finished_run(base / "other", "seed=1")
+    return base / "run", base / "other"
+
+
 @pytest.mark.parametrize("tampered", ["weights.safetensors", "history.safetensors"])
-def test_finished_results_must_match_their_files(tmp_path, tampered):
+def test_finished_results_must_match_their_files(tmp_path, tampered, two_finished_runs):
+    run, other = two_finished_runs
     out = tmp_path / "run"
-    results = finished_run(out)
+    shutil.copytree(run, out)
+    results = json.loads((out / "results.json").read_text())
     assert set(results["files"]) == {"weights.safetensors", "history.safetensors"}
-    other = tmp_path / "other"
-    finished_run(other, "seed=1")
     (out / tampered).write_bytes((other / tampered).read_bytes())  # another run's file
     before = (out / "results.json").read_bytes()
     done = run_cli(*SMALL, f"hydra.run.dir={out}")
@@ -336,13 +345,22 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.01)
 
 
+SLOW_EVALUATION = [*SMALL, "train.checkpoint_every=0", "eval.batch_size=3000000"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    reference = tmp_path_factory.mktemp("uninterrupted") / "run"
+    finished_run(reference, *SLOW_EVALUATION[len(SMALL) :])
+    return reference
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_after_training_keeps_the_training(tmp_path, signum):
+def test_a_stop_after_training_keeps_the_training(tmp_path, signum, uninterrupted):
     """checkpoint_every=0: the only checkpoint is the one written when training ends; a large
     held-out batch keeps the job in evaluation for seconds after it."""
-    slow_evaluation = [*SMALL, "train.checkpoint_every=0", "eval.batch_size=3000000"]
-    reference = tmp_path / "uninterrupted"
-    finished_run(reference, *slow_evaluation[len(SMALL) :])
+    slow_evaluation = SLOW_EVALUATION
+    reference = uninterrupted
     out = tmp_path / "stopped"
     run = start_run(out, *slow_evaluation)
     wait_for(out / "checkpoint.pt", run)
@@ -558,7 +576,7 @@ def test_a_disk_that_fills_during_training_is_one_line_and_keeps_the_checkpoint(
 # ------------------------------------------------------------------------ kill anywhere
 
 KILLABLE = [*SMALL, "train.steps=1500", "train.checkpoint_every=100", "eval.batch_size=400000"]
-KILLS = 12
+KILLS = 8
 
 
 def test_killed_anywhere_and_rerun_ends_bit_identical(tmp_path):

@@ -7,6 +7,7 @@ Without one, every test here is skipped with that reason. The jobs ask for no GP
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -152,62 +153,81 @@ def wait_for_states(job_id: str, count: int, timeout: float = 30) -> dict[str, s
 
 def test_a_sweep_is_submitted_and_left_then_followed_and_grown(tmp_path):
     sweep = tmp_path / "sweep"
-    sweep_args = ["model.d_hidden=2,3", *TINY, *SMALL_JOBS, f"hydra.sweep.dir={sweep}"]
-    done = multirun(tmp_path, "task=identity,abs", *sweep_args)
+    sweep_args = ["task=identity,abs", *TINY, *SMALL_JOBS, f"hydra.sweep.dir={sweep}"]
+    done = multirun(tmp_path, *sweep_args, "model.d_hidden=2")
     assert done.returncode == 0, done.stderr
     array = array_id(sweep)
     assert done.stdout.splitlines()[-4:] == [
-        f"submitted 4 jobs to SLURM as array job {array}; they run without this command "
+        f"submitted 2 jobs to SLURM as array job {array}; they run without this command "
         "(hydra.launcher.wait=true waits for them)",
         f"sweep directory: {sweep}",
         f"  status:  python -m superposition.sweep status {sweep}",
         f"  collect: python -m superposition.sweep collect {sweep}",
     ]
-    # returned while the array is still queued or running: 4 jobs on a 2-CPU node take turns
+    # returned while the array is still queued or starting: a job takes seconds to start
     assert {job["state"] for job in sweep_status(sweep)["jobs"]} & {"queued", "running"}
     manifest = json.loads((sweep / "manifest.json").read_text())
     assert manifest["submissions"][0]["scheduler_job_id"] == array
-    assert [job["scheduler_id"] for job in manifest["jobs"]] == [f"{array}_{i}" for i in range(4)]
+    assert [job["scheduler_id"] for job in manifest["jobs"]] == [f"{array}_0", f"{array}_1"]
 
-    # submitted with sbatch as one array of four tasks, each with its pickles and logs
+    # submitted with sbatch as one array, each task with its pickles and logs
     script = (sweep / ".submitit" / array / f"{array}_submission.sh").read_text()
-    assert re.search(r"^#SBATCH --array=0-3%\d+$", script, re.M), script
+    assert re.search(r"^#SBATCH --array=0-1%\d+$", script, re.M), script
     assert "#SBATCH --gpus-per-node=0" in script
     status = status_when_settled(sweep)
-    assert status["total"] == "4 jobs: 4 finished", status
-    for task in range(4):
+    assert status["total"] == "2 jobs: 2 finished", status
+    for task in range(2):
         folder = sweep / ".submitit" / f"{array}_{task}"
         assert (folder / f"{array}_{task}_0_result.pkl").is_file()
         log = (folder / f"{array}_{task}_0_log.out").read_text()
         assert f"JobEnvironment(job_id={array}_{task}," in log
-    assert wait_for_states(array, 4) == {f"{array}_{task}": "COMPLETED" for task in range(4)}
+    assert wait_for_states(array, 2) == {f"{array}_{task}": "COMPLETED" for task in range(2)}
+
+    # the same sweep with one more swept value: only its two new jobs are submitted
+    first_dirs = job_dirs(sweep)
+    finished = {d: (d / "results.json").read_bytes() for d in first_dirs}
+    grown = multirun(tmp_path, *sweep_args, "model.d_hidden=2,3")
+    assert grown.returncode == 0, grown.stderr
+    assert f"2 of 4 jobs already finished in {sweep}: not launched again" in grown.stdout
+    assert "submitted 2 jobs to SLURM" in grown.stdout
+    status = status_when_settled(sweep)
+    assert status["total"] == "4 jobs: 4 finished", status
+    assert all((d / "results.json").read_bytes() == content for d, content in finished.items())
 
     # every job wrote its results in its own directory, named after its overrides
     dirs = job_dirs(sweep)
-    expected = [("identity", 2), ("identity", 3), ("abs", 2), ("abs", 3)]
+    expected = [("identity", 2), ("abs", 2), ("identity", 3), ("abs", 3)]
+    assert dirs[:2] == first_dirs
     for job_dir, (task, d_hidden) in zip(dirs, expected, strict=True):
         assert f"model.d_hidden={d_hidden}," in job_dir.name and f"task={task}" in job_dir.name
         results = json.loads((job_dir / "results.json").read_text())
         assert (results["task"], results["d_hidden"], results["n_features"]) == (task, d_hidden, 6)
-        assert [lv["feature_probability"] for lv in results["levels"]] == [1.0, 0.1]
 
     # the offline W&B runs of all jobs share one group: the sweep directory's last two parts
     runs = [read_offline_run(offline_runs(job_dir)[-1])["run"] for job_dir in dirs]
     assert {run["run_group"] for run in runs} == {f"{sweep.parent.name}_{sweep.name}"}
 
-    # the same sweep with one more swept value: only its two jobs are submitted
-    finished = {d: (d / "results.json").read_bytes() for d in dirs}
-    grown = multirun(tmp_path, "task=identity,abs", *sweep_args[1:], "model.d_hidden=2,3,4")
-    assert grown.returncode == 0, grown.stderr
-    assert f"4 of 6 jobs already finished in {sweep}: not launched again" in grown.stdout
-    assert "submitted 2 jobs to SLURM" in grown.stdout
-    (grown_script,) = set((sweep / ".submitit").glob("*/*_submission.sh")) - {
-        sweep / ".submitit" / array / f"{array}_submission.sh"
+    # collected into one result, with the sweep's W&B run in the same group
+    collected = subprocess.run(
+        [sys.executable, "-m", "superposition.sweep", "collect", str(sweep)],
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert collected.returncode == 0, collected.stderr
+    with open(sweep / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 2
+    assert {(row["task"], row["model.d_hidden"]) for row in rows} == {
+        (task, str(d_hidden)) for task, d_hidden in expected
     }
-    assert re.search(r"^#SBATCH --array=0-1%\d+$", grown_script.read_text(), re.M)
-    status = status_when_settled(sweep)
-    assert status["total"] == "6 jobs: 6 finished", status
-    assert all((d / "results.json").read_bytes() == content for d, content in finished.items())
+    assert "4 jobs: 4 finished" in (sweep / "sweep.md").read_text()
+    assert (sweep / "plots" / "metrics.png").is_file()
+    (sweep_run,) = offline_runs(sweep)
+    run = read_offline_run(sweep_run)["run"]
+    assert (run["job_type"], run["run_group"]) == ("sweep", f"{sweep.parent.name}_{sweep.name}")
 
 
 def test_a_failing_job_fails_the_sweep_and_the_others_finish(tmp_path):
@@ -286,6 +306,8 @@ def test_a_signalled_job_is_requeued_and_finishes(tmp_path):
     (job_dir,) = job_dirs(sweep)
     assert json.loads((job_dir / "results.json").read_text())["steps"] == 600
     assert wait_for_states(job, 1) == {job: "COMPLETED"}
+    (status,) = sweep_status(sweep)["jobs"]
+    assert (status["state"], status["requeues"]) == ("finished", 1)
 
 
 def test_a_refused_submission_is_one_line_and_records_no_job(tmp_path):

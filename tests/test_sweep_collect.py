@@ -16,7 +16,7 @@ import matplotlib.style
 import numpy as np
 import pytest
 import yaml
-from wandb_offline import leet_inspect, offline_runs, read_offline_run
+from wandb_offline import offline_runs, read_offline_run
 
 from superposition.figures import style
 from superposition.figures.sweep_figures import SweepJob, features_2d_grid_figure, metrics_figure
@@ -153,9 +153,12 @@ def test_the_sweep_run_sits_in_the_jobs_group_with_the_table(sweep):
     sweep_dir = sweep["dir"]
     (run_dir,) = offline_runs(sweep_dir)
     run = read_offline_run(run_dir)
-    (job_run_dir,) = offline_runs(sweep["jobs"][0])
-    records = (json.loads(line) for line in leet_inspect(job_run_dir).splitlines() if line.strip())
-    job_run = next(record["run"] for record in records if record["type"] == "run")
+    job_runs = [read_offline_run(offline_runs(job)[0])["run"] for job in sweep["jobs"]]
+    job_run = job_runs[0]
+    # the jobs' own runs: one group, their own ids, named by job number, task and sizes
+    assert job_runs[0]["run_group"] == job_runs[1]["run_group"]
+    assert job_runs[0]["run_id"] != job_runs[1]["run_id"]
+    assert {r["display_name"] for r in job_runs} == {"0_identity_6to2", "1_abs_6to2"}
 
     assert run["state"] == "finished"
     assert run["run"]["job_type"] == "sweep"
