@@ -3,11 +3,16 @@ multirun through submitit's local executor (tests/test_slurm.py submits to SLURM
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+
 from conftest import CONF_DIR, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from superposition.config import register_configs
+from superposition.sweep.__main__ import main as sweep_command
 
 LAUNCHERS = "hydra_plugins.superposition_launchers.launchers"
 
@@ -87,3 +92,15 @@ def test_local_multirun_runs_every_job_in_its_own_process(tmp_path):
     logs = sorted((sweep / ".submitit").glob("*/*_0_log.out"))
     assert len(logs) == 2
     assert all("Job completed successfully" in log.read_text() for log in logs)
+
+    # followed and collected like any sweep: the manifest knows the local jobs' ids
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    assert manifest["submissions"][0]["launcher"] == "local"
+    assert all(job["scheduler_id"] for job in manifest["jobs"])
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert sweep_command(["status", str(sweep)]) == 0
+    assert out.getvalue().splitlines()[-1] == "2 jobs: 2 finished"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert sweep_command(["collect", str(sweep)]) == 0
+    rows = (sweep / "sweep.csv").read_text().splitlines()
+    assert rows[0].startswith("job,model.d_hidden,") and len(rows) == 1 + 2

@@ -7,7 +7,6 @@ an in-process or cluster=local job is running while its process holds the job di
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import socket
@@ -52,20 +51,20 @@ def _where(level: LevelResult) -> str:
 
 
 def loss_summary(results: RunResults) -> str:
-    """Each level's held-out loss (best restart), or for many levels the lowest and where."""
+    """Each level's held-out loss (best restart); for many levels the first and the last in
+    grid order (the densest and the sparsest of a sparsity sweep)."""
+
+    def loss(level: LevelResult) -> str:
+        return f"{_where(level)}: " + (
+            "none finite" if level.eval_loss is None else f"{level.eval_loss:.4g}"
+        )
+
     levels = results.levels
     if len(levels) <= SUMMARY_LEVELS:
-        return "loss " + ", ".join(
-            f"{_where(lv)}: " + ("none finite" if lv.eval_loss is None else f"{lv.eval_loss:.4g}")
-            for lv in levels
-        )
-    finite = [lv for lv in levels if lv.eval_loss is not None and math.isfinite(lv.eval_loss)]
-    if not finite:
-        return f"no finite loss in {len(levels)} levels"
-    best = min(finite, key=lambda lv: lv.eval_loss)
-    lost = len(levels) - len(finite)
+        return "loss " + ", ".join(loss(level) for level in levels)
+    lost = sum(level.eval_loss is None for level in levels)
     without = f", {lost} without a finite loss" if lost else ""
-    return f"lowest loss {best.eval_loss:.4g} at {_where(best)} (of {len(levels)} levels{without})"
+    return f"loss {loss(levels[0])} … {loss(levels[-1])} ({len(levels)} levels{without})"
 
 
 def holder_alive(job_dir: Path) -> bool:
