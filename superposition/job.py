@@ -312,26 +312,27 @@ def _run_locked(
         print(f"resuming from {checkpointer.path}")
     with _start_tracker(config, out_dir, run_name, group, tracked_config) as tracker:
         live = LiveReport(tracker, progress, grid, config.train, config.wandb.log_every)
-        trained = train_grid(
-            spec,
-            grid,
-            config.train,
-            config.seed,
-            device,
-            checkpointer,
-            saved,
-            data=config.data,
-            observer=live,
-        )
-        # stop signals from here to results.json: acted on at the next stage boundary, with the
-        # trained state already in the checkpoint (train_grid saves it last)
+        # stop signals, from here to results.json: during training train_grid's own StopSignals
+        # acts on them at once; after it, at the next stage boundary, with the trained state
+        # already in the checkpoint (train_grid saves it last)
         with StopSignals() as stop:
-            live.ended()
 
             def stop_point() -> None:
                 if stop.received is not None:
                     stop.stop(checkpointer.path)
 
+            trained = train_grid(
+                spec,
+                grid,
+                config.train,
+                config.seed,
+                device,
+                checkpointer,
+                saved,
+                data=config.data,
+                observer=live,
+            )
+            live.ended()
             results, best = _analyse(config, spec, grid, trained, device, stop_point)
             history = {
                 "steps": torch.tensor(trained.history_steps),

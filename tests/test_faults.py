@@ -24,7 +24,7 @@ from conftest import REPO, run_cli
 from safetensors.torch import load_file
 
 import superposition.run as run_module
-from superposition.store.checkpoint import state_digest
+from superposition.store.checkpoint import StopSignals, TrainingInterrupted, state_digest
 
 # issue 11's `S`: a small run that finishes in seconds
 SMALL = [
@@ -685,3 +685,22 @@ def test_online_wandb_without_a_server_is_the_one_warning(tmp_path):
     assert one_line(done.stderr).startswith("warning: W&B could not start (online): ")
     assert "wandb:" not in done.stdout + done.stderr
     assert (out / "results.json").is_file()
+
+
+# ------------------------------------------------ nested stop signals (the job around training)
+
+
+def test_a_signal_is_never_lost_between_nested_stop_signals(tmp_path):
+    """Real signals to this process: the job's StopSignals around training's. A signal training
+    received but did not act on passes out to the job's; one the job's received before training
+    began passes in; training acts on a signal as if it were alone (not handing it outwards)."""
+    with StopSignals() as job:
+        with StopSignals() as training:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert training.received == signal.SIGTERM and job.received is None
+        assert job.received == signal.SIGTERM  # handed out at the end of training
+        with StopSignals() as training:
+            assert training.received == signal.SIGTERM and job.received is None  # handed in
+            with pytest.raises(TrainingInterrupted):
+                training.stop(tmp_path / "checkpoint.pt")
+        assert job.received is None

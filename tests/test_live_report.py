@@ -82,7 +82,9 @@ def test_every_level_comes_once_per_wanted_step_in_training_order(uninterrupted)
         assert torch.equal(loss, record[steps.index(step), levels])
 
 
-def test_a_resumed_run_tells_the_rest_of_the_same_rows(uninterrupted, tmp_path):
+def test_a_resumed_run_tells_every_row_again_then_the_rest(uninterrupted, tmp_path):
+    """The rows before the checkpoint come again from its loss records (so that the resumed
+    run's W&B history is whole), then the trained ones: the uninterrupted run's rows exactly."""
     full, _ = uninterrupted
     checkpointer = Checkpointer(tmp_path, "fp", CFG.checkpoint_every)
     # stops in the fifth chunk at step 17 (before the level it completes was recorded at step 25)
@@ -96,10 +98,9 @@ def test_a_resumed_run_tells_the_rest_of_the_same_rows(uninterrupted, tmp_path):
     train_grid(SPEC, GRID, CFG, 0, CPU, checkpointer, saved, observer=resumed)
     assert resumed.started_at == (4 * CFG.steps + 10, 5 * CFG.steps)
     assert resumed.counts == list(range(4 * CFG.steps + 11, 5 * CFG.steps + 1))
-    later = [row for row in full.rows if row[0] >= 4 * CFG.steps + 10]
-    assert [row[:3] for row in resumed.rows] == [row[:3] for row in later]
-    for (*_, loss), (*_, reference) in zip(resumed.rows, later, strict=True):
-        assert torch.equal(loss, reference)  # the earlier chunks' part from the checkpoint
+    assert [row[:3] for row in resumed.rows] == [row[:3] for row in full.rows]
+    for (*_, loss), (*_, reference) in zip(resumed.rows, full.rows, strict=True):
+        assert torch.equal(loss, reference)
 
 
 def test_host_copies_on_the_cpu_are_handed_on_at_once_in_order():

@@ -15,6 +15,7 @@ import time
 from conftest import REPO, run_cli
 
 from superposition.sweep.__main__ import main
+from superposition.sweep.status import last_error_line
 
 TINY = [
     "task=identity",
@@ -58,26 +59,44 @@ def test_status_and_a_grown_sweep_that_trains_only_its_new_jobs(tmp_path):
     assert by_label["model.d_hidden=2"]["detail"].startswith("loss p=1: ")
     assert status["total"] == "3 jobs: 2 finished, 1 failed"
 
-    # the same sweep, its list grown and reordered: only d_hidden=4 (and the refused 0) run
+    # the same sweep, its list grown and reordered, and the default seed=0 written out (other
+    # directory names, the same configs): only d_hidden=4 (and the refused 0) run
     finished = {
         job["dir"]: (sweep / job["dir"] / "results.json").read_bytes()
         for job in status["jobs"]
         if job["state"] == "finished"
     }
-    again = run_cli("-m", *TINY, "model.d_hidden=4,3,0,2", f"hydra.sweep.dir={sweep}")
+    again = run_cli("-m", *TINY, "model.d_hidden=4,3,0,2", "seed=0", f"hydra.sweep.dir={sweep}")
     assert "2 of 4 jobs already finished in" in again.stdout
     assert again.stdout.count("results written to") == 1
-    assert (
-        "model.d_hidden=4" in again.stdout and "already finished, not trained" not in again.stdout
-    )
+    assert "already finished, not trained" not in again.stdout
     for directory, content in finished.items():
         assert (sweep / directory / "results.json").read_bytes() == content
     status = sweep_status(sweep)
-    assert states(status)["model.d_hidden=4"] == "finished"
-    assert status["total"] == "4 jobs: 3 finished, 1 failed"
+    assert states(status)["model.d_hidden=4 seed=0"] == "finished"
+    assert status["total"] == "5 jobs: 3 finished, 2 failed"
     manifest = json.loads((sweep / "manifest.json").read_text())
     assert len(manifest["submissions"]) == 2
     assert {job["dir"] for job in manifest["jobs"]} == {job["dir"] for job in status["jobs"]}
+
+    # a manifest that cannot be read stops the next submission before any job, in one line
+    (sweep / "manifest.json").write_text("{")
+    broken = run_cli("-m", *TINY, "model.d_hidden=5", f"hydra.sweep.dir={sweep}")
+    assert broken.returncode == 2 and "results written" not in broken.stdout
+    (line,) = broken.stderr.splitlines()
+    assert line.startswith(f"error: {sweep / 'manifest.json'} cannot be read (JSONDecodeError)")
+
+
+def test_the_error_line_of_a_log():
+    bar = "train 4 instances:  1%|▏   | 32/3000 [00:01<02:52, 17.23step/s, loss=0.1]"
+    assert last_error_line(f"{bar}\rerror: train.steps must be >= 1\n") == (
+        "error: train.steps must be >= 1"
+    )
+    traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\nAssertionError\n'
+    assert last_error_line(traceback) == "AssertionError"
+    killed = f"{bar}\r{bar}srun: error: vm: task 0: Killed\n"
+    assert last_error_line(killed) == "srun: error: vm: task 0: Killed"
+    assert last_error_line("") is None
 
 
 def test_status_refuses_what_is_not_a_sweep(tmp_path, capsys):

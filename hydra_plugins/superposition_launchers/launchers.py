@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher, BasicLauncherConf
@@ -35,14 +35,16 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from superposition.store.outdir import finished_results
+from superposition.config import ConfigError
 from superposition.sweep.manifest import (
     Job,
     Manifest,
+    ManifestError,
     Submission,
     read_manifest,
     write_manifest,
 )
+from superposition.sweep.status import sweep_status
 
 MODULE = "hydra_plugins.superposition_launchers.launchers"
 
@@ -53,14 +55,45 @@ def sweep_group(config: DictConfig) -> str:
     return config.wandb.group or "_".join(Path(str(config.hydra.sweep.dir)).parts[-2:])
 
 
+@dataclass
+class Plan:
+    """A submission's jobs: those to launch, and those left alone with the reason."""
+
+    launch: list[Job] = field(default_factory=list)
+    finished: list[Job] = field(default_factory=list)  # its config finished in the sweep
+    active: list[Job] = field(default_factory=list)  # still queued or running there
+
+    def say(self, sweep_dir: Path) -> None:
+        total = len(self.launch) + len(self.finished) + len(self.active)
+        if self.finished:
+            print(
+                f"{len(self.finished)} of {total} jobs already finished in {sweep_dir}: not "
+                "launched again",
+                flush=True,
+            )
+        if self.active:
+            print(
+                f"{len(self.active)} of {total} jobs still queued or running in {sweep_dir}: not "
+                "launched again",
+                flush=True,
+            )
+
+
 def plan_jobs(
     launcher: BasicLauncher | BaseSubmititLauncher,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
-) -> tuple[list[Job], list[Job]]:
-    """The jobs to launch and those whose config already finished in the sweep directory, each
-    with its directory as Hydra names it (hydra.sweep.subdir, resolved per job)."""
-    to_launch, finished = [], []
+    manifest: Manifest,
+) -> Plan:
+    """Each job with its directory as Hydra names it (hydra.sweep.subdir, resolved per job) and
+    its config's fingerprint, sorted into a Plan: a job whose config finished in any of the
+    sweep's directories, or whose directory's job is still queued or running, is not launched."""
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    states = {state.job.dir: state for state in sweep_status(sweep_dir, manifest)}
+    finished_configs = {
+        state.results.config_fingerprint for state in states.values() if state.results
+    }
+    plan = Plan()
     for index, overrides in enumerate(job_overrides):
         num = initial_job_idx + index
         job_config = launcher.hydra_context.config_loader.load_sweep_config(
@@ -69,33 +102,41 @@ def plan_jobs(
         with open_dict(job_config):
             job_config.hydra.job.num = num
         job = Job(
-            dir=str(job_config.hydra.sweep.subdir), overrides=list(overrides), num=num, submission=0
+            dir=str(job_config.hydra.sweep.subdir),
+            overrides=list(overrides),
+            num=num,
+            submission=0,
+            fingerprint=fingerprint_of(job_config),
         )
-        job_dir = Path(str(job_config.hydra.sweep.dir)) / job.dir
-        (finished if finished_here(job_config, job_dir) else to_launch).append(job)
-    return to_launch, finished
+        known = states.get(job.dir)
+        if job.fingerprint is not None and job.fingerprint in finished_configs:
+            plan.finished.append(job)
+        elif known is not None and known.state in ("queued", "running"):
+            plan.active.append(job)
+        elif job.fingerprint is None and known is not None and known.state == "finished":
+            plan.finished.append(job)
+        else:
+            plan.launch.append(job)
+    return plan
 
 
-def finished_here(job_config: DictConfig, job_dir: Path) -> bool:
-    """job_dir holds a finished run of this job's config. Anything else (no results, broken
-    ones, another config's, a config the job would refuse) is left to the job to say."""
+def fingerprint_of(job_config: DictConfig) -> str | None:
+    """The job's config fingerprint (job.config_fingerprint); None for a config the job would
+    refuse, which the job then says in one line."""
     from superposition.job import config_fingerprint  # torch and more: only when launching
 
     try:
-        results = finished_results(job_dir) if job_dir.is_dir() else None
-        if results is None:
-            return False
         task_config = copy.deepcopy(job_config)
         with open_dict(task_config):
             del task_config["hydra"]
-        return results.config_fingerprint == config_fingerprint(OmegaConf.to_object(task_config))
+        return config_fingerprint(OmegaConf.to_object(task_config))
     except Exception:
-        return False
+        return None
 
 
 class ManifestLock:
-    """An exclusive flock on SWEEP_DIR/.manifest.lock: two submissions to one sweep directory
-    update its manifest one after the other."""
+    """An exclusive flock on SWEEP_DIR/.manifest.lock, held from reading the manifest to writing
+    it back: two submissions to one sweep directory plan and record one after the other."""
 
     def __init__(self, sweep_dir: Path):
         self.path = Path(sweep_dir) / ".manifest.lock"
@@ -109,16 +150,30 @@ class ManifestLock:
         os.close(self.fd)
 
 
+def current_manifest(config: DictConfig) -> Manifest:
+    """The sweep directory's manifest (a new one when it has none); ConfigError with one line
+    when it cannot be read, before anything is launched."""
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    try:
+        manifest = read_manifest(sweep_dir)
+    except ManifestError as err:
+        raise ConfigError(
+            f"{err}; move it away to start the sweep's record afresh (the job directories stay)"
+        ) from None
+    return manifest or Manifest(sweep_dir=str(sweep_dir.resolve()), wandb={})
+
+
 def record_submission(
+    manifest: Manifest,
     config: DictConfig,
     launcher_name: str,
-    jobs: list[Job],
-    finished: list[Job],
+    plan: Plan,
     wait: bool,
     scheduler_job_id: str | None = None,
 ) -> None:
-    """Add this submission and the jobs it launched to the sweep's manifest (the finished jobs
-    it skips keep their entries; listed anew when the manifest lacks them)."""
+    """Add this submission and the jobs it launched to the manifest and write it (the jobs it
+    left alone keep their entries; a finished one is listed anew when the manifest lacks its
+    directory and no other directory holds its config). Call with the ManifestLock held."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
     submission = Submission(
         time=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -129,28 +184,20 @@ def record_submission(
         wait=wait,
         scheduler_job_id=scheduler_job_id,
     )
-    with ManifestLock(sweep_dir):
-        manifest = read_manifest(sweep_dir) or Manifest(
-            sweep_dir=str(sweep_dir.resolve()), wandb={}
-        )
-        manifest.wandb = {
-            "mode": getattr(config.wandb.mode, "value", str(config.wandb.mode)),
-            "project": config.wandb.project,
-            "entity": config.wandb.entity,
-            "group": sweep_group(config),
-        }
-        unknown = [job for job in finished if manifest.job(job.dir) is None]
-        manifest.add(submission, jobs + unknown)
-        write_manifest(sweep_dir, manifest)
-
-
-def say_finished(sweep_dir: Path, jobs: list[Job], finished: list[Job]) -> None:
-    if finished:
-        print(
-            f"{len(finished)} of {len(jobs) + len(finished)} jobs already finished in "
-            f"{sweep_dir}: not launched again",
-            flush=True,
-        )
+    manifest.wandb = {
+        "mode": getattr(config.wandb.mode, "value", str(config.wandb.mode)),
+        "project": config.wandb.project,
+        "entity": config.wandb.entity,
+        "group": sweep_group(config),
+    }
+    listed = {job.fingerprint for job in manifest.jobs}
+    unknown = [
+        job
+        for job in plan.finished
+        if manifest.job(job.dir) is None and job.fingerprint not in listed
+    ]
+    manifest.add(submission, plan.launch + unknown)
+    write_manifest(sweep_dir, manifest)
 
 
 @contextmanager
@@ -176,9 +223,13 @@ class InProcessLauncher(BasicLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        jobs, finished = plan_jobs(self, job_overrides, initial_job_idx)
-        say_finished(Path(str(self.config.hydra.sweep.dir)), jobs, finished)
-        record_submission(self.config, "in-process", jobs, finished, wait=True)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        with ManifestLock(sweep_dir):
+            manifest = current_manifest(self.config)
+            plan = plan_jobs(self, job_overrides, initial_job_idx, manifest)
+            plan.say(sweep_dir)
+            record_submission(manifest, self.config, "in-process", plan, wait=True)
+        jobs = plan.launch
         # one call per job keeps each job's number from the whole sweep's numbering
         returns: list[JobReturn] = []
         for job in jobs:
@@ -200,28 +251,34 @@ class _SweepSubmitit:
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        jobs, finished = plan_jobs(self, job_overrides, initial_job_idx)
-        say_finished(sweep_dir, jobs, finished)
+        with ManifestLock(sweep_dir):
+            manifest = current_manifest(self.config)
+            plan = plan_jobs(self, job_overrides, initial_job_idx, manifest)
+            plan.say(sweep_dir)
+            jobs = plan.launch
+            submitted = self._submit(jobs) if jobs else []
+            # recorded once the scheduler took the jobs: a refused submission leaves no entry
+            for job, scheduler_job in zip(jobs, submitted, strict=True):
+                job.scheduler_id = scheduler_job.job_id
+            array = submitted[0].job_id.partition("_")[0] if submitted else None
+            record_submission(manifest, self.config, self._NAME, plan, self.wait, array)
         if not jobs:
-            record_submission(self.config, self._NAME, jobs, finished, self.wait)
             return []
+        if self.wait:
+            print_waiting(sweep_dir, self._NAME, submitted)
+            return [job.results()[0] for job in submitted]
+        print_submitted(sweep_dir, submitted)
+        return [left_running(job.overrides) for job in jobs]
+
+    def _submit(self, jobs: list[Job]) -> list:
+        """The jobs to the executor as one array (sbatch's stderr held back); its jobs."""
         state = Singleton.get_state()
         arguments = [
             (job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", state)
             for job in jobs
         ]
         with stderr_held_back():
-            submitted = self._executor().map_array(self, *zip(*arguments, strict=True))
-        # recorded once the scheduler took the jobs: a refused submission leaves no entry
-        for job, scheduler_job in zip(jobs, submitted, strict=True):
-            job.scheduler_id = scheduler_job.job_id
-        array = submitted[0].job_id.partition("_")[0]
-        record_submission(self.config, self._NAME, jobs, finished, self.wait, array)
-        if self.wait:
-            print_waiting(sweep_dir, self._NAME, submitted)
-            return [job.results()[0] for job in submitted]
-        print_submitted(sweep_dir, submitted)
-        return [left_running(job.overrides) for job in jobs]
+            return self._executor().map_array(self, *zip(*arguments, strict=True))
 
     def _executor(self):
         import submitit

@@ -418,6 +418,30 @@ class _Reporter:
         histories = [outcome["history"] for outcome in finished]
         self.before = _columns(histories, first, start, len(self.index))
 
+    def replay(self, chunk: int, finished: list[dict], current: dict | None) -> None:
+        """A resumed run tells again the rows recorded before it stopped, from its checkpoint's
+        loss records, so that the W&B run it writes holds the whole history (an offline one is a
+        new directory; online, W&B keeps the rows it had)."""
+        history = [outcome["history"] for outcome in finished]
+        n_done = sum(record.shape[1] for record in history)
+        n_logs = len(self.index)
+        for index, start in enumerate(range(0, n_done, chunk)):
+            end = min(start + chunk, n_done)
+            self.begin_chunk(index, start, end, finished)
+            records = _columns(history, start, start + self.count, n_logs)
+            self._replay_steps(records, self.steps)
+        if current is not None and current["step"] > 0:
+            start = current["start"]
+            self.begin_chunk(start // chunk, start, start + current["history"].shape[1], finished)
+            self._replay_steps(current["history"][:, : self.count], current["step"])
+
+    def _replay_steps(self, records: Annotated[Tensor, "log instance"], before: int) -> None:
+        if not self.levels:
+            return
+        for step, row in self.index.items():
+            if step < before and self.observer.wants_loss(step):
+                self._deliver(step, records[row])
+
     def after_step(self, run: ChunkRun, loss: Annotated[Tensor, "instance"] | None) -> None:
         step = run.step - 1
         if loss is not None and self.levels and self.observer.wants_loss(step):
@@ -477,6 +501,8 @@ def train_grid(
     with stop_signals as stop, _progress_bar(cfg, n, progress) as bar:
         report = _Reporter(observer, grid, cfg, device, bar.total)
         observer.started(bar.n, bar.total)
+        if saved is not None:
+            report.replay(chunk, finished, progress.current)
         for start in range(n_done, n, chunk):
             end = min(start + chunk, n)
             instances = torch.arange(start, end, device=device)

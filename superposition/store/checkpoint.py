@@ -150,20 +150,37 @@ class StopSignals:
                 signum = getattr(signal, name, None)
                 if signum is not None:
                     self._previous[signum] = signal.signal(signum, self._raise_flag)
+        # a signal the StopSignals this one is nested in has not acted on yet is this one's now
+        for handler in self._previous.values():
+            outer = getattr(handler, "__self__", None)
+            if isinstance(outer, StopSignals) and outer.received is not None:
+                self.received, outer.received = outer.received, None
         return self
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        # nested in another StopSignals (the job's, around training): a signal received after
+        # the last check is handed to it rather than lost
+        outer = getattr(self._previous.get(self.received), "__self__", None)
+        if isinstance(outer, StopSignals):
+            outer._raise_flag(self.received, None)
         self._previous.clear()
 
     def _raise_flag(self, signum: int, frame: object) -> None:
         self.received = signum
 
+    def _handler_before(self, signum: int) -> Any:
+        """The handler that was there before this StopSignals and any it is nested in."""
+        previous = self._previous.get(signum)
+        while isinstance(getattr(previous, "__self__", None), StopSignals):
+            previous = previous.__self__._previous.get(signum)
+        return previous
+
     def stop(self, checkpoint_path: Path) -> None:
         """Act on the received signal, now that a checkpoint is saved."""
         signum, self.received = self.received, None
-        previous = self._previous.get(signum)
+        previous = self._handler_before(signum)
         if callable(previous) and previous is not signal.default_int_handler:
             handler: Callable[[int, Any], Any] = previous
             handler(signum, None)  # submitit: requeue and exit; if it returns, training goes on

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -73,6 +74,17 @@ def exclusive(out_dir: Path, record: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
+
+
+def lock_holder(out_dir: Path) -> tuple[int, str] | None:
+    """(pid, host) that `exclusive` last recorded in OUT_DIR/.lock, or None. The record stays
+    after the holder ends: whether it still holds the lock is the pid's question on that host."""
+    try:
+        text = (Path(out_dir) / LOCK).read_text(errors="replace")
+    except OSError:
+        return None
+    match = re.match(r"pid (\d+) on (\S+),", text)
+    return None if match is None else (int(match.group(1)), match.group(2))
 
 
 def check_usable(path: Path) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from superposition.sweep.manifest import ManifestError, sweep_manifest
-from superposition.sweep.status import STATES, sweep_status, total_line
+from superposition.sweep.status import JOB_STATES, sweep_status, total_line
 
 
 def status(sweep_dir: Path, as_json: bool) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     state = commands.add_parser(
-        "status", help=f"one line per job ({', '.join(STATES)}) and a total"
+        "status", help=f"one line per job ({', '.join(JOB_STATES)}) and a total"
     )
     state.add_argument("sweep_dir", type=Path)
     state.add_argument("--json", action="store_true", help="the same as JSON")
@@ -60,4 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... status SWEEP | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -40,11 +40,10 @@ from superposition.figures.sweep_figures import (
     draw_sweep,
     grid_jobs,
 )
-from superposition.store.files import write_atomically, write_json
-from superposition.store.outdir import finished_results
+from superposition.store.files import RESULTS, write_atomically, write_json
 from superposition.store.results import RunResults, load_run
 from superposition.sweep.manifest import Job, Manifest, ManifestError, sweep_manifest
-from superposition.sweep.status import JobStatus, loss_summary, sweep_status
+from superposition.sweep.status import JobState, loss_summary, sweep_status
 from superposition.track import log_sweep, scalar_metrics
 
 CSV = "sweep.csv"
@@ -56,7 +55,6 @@ BROKEN = "unreadable: "  # the state of a job whose results cannot be read, befo
 # the per-level columns after the swept keys, then the metrics, then the job's own
 LEVEL_COLUMNS = ["feature_probability", "relative_importance", "eval_loss", "best_restart"]
 JOB_COLUMNS = ["task", "n_features", "d_hidden", "preset", "verdict"]
-# a job with at most this many levels has every level's loss in sweep.md
 FIGURE_TITLES = {
     "metrics": "Metrics against the feature probability",
     "features_2d": "Features in 2D",
@@ -92,22 +90,18 @@ def _one_line(err: BaseException) -> str:
     return text if text else type(err).__name__
 
 
-def read_job(sweep_dir: Path, status: JobStatus) -> JobReport:
-    """The job's finished results (and its 2D model's features), its state when it has none, or
-    why it is broken; never raises."""
+def read_job(sweep_dir: Path, status: JobState) -> JobReport:
+    """The job's finished results (and its 2D model's features) as status found them, its state
+    when it has none, or why its results.json is unusable; never raises."""
     job = status.job
     job_dir = sweep_dir / job.dir
     report = JobReport(job, status.label, f"{status.state}: {status.detail}")
-    if not job_dir.is_dir():
-        return report
-    try:
-        results = finished_results(job_dir)
-    except Exception as err:  # a broken job is reported, never the end of collect
-        # the job's own paths said relative to it: the line names the job already
-        reason = _one_line(err).replace(f"{job_dir}/", "").replace(str(job_dir), "its directory")
-        report.state = BROKEN + reason
-        return report
+    results = status.results
     if results is None:
+        if status.state == "failed" and (job_dir / RESULTS).exists():
+            # the job's own paths said relative to it: the line names the job already
+            reason = status.detail.replace(f"{job_dir}/", "").replace(str(job_dir), "its directory")
+            report.state = BROKEN + reason
         return report
     report.state, report.results = "finished", results
     features, feature_name = None, "W"

@@ -45,6 +45,8 @@ class Job:
     num: int
     submission: int  # index into Manifest.submissions of the one that last launched it
     scheduler_id: str | None = None  # SLURM: ARRAYID_INDEX
+    # job.config_fingerprint of its config: the run its directory must hold
+    fingerprint: str | None = None
 
     @property
     def override_values(self) -> dict[str, str]:

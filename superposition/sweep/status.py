@@ -10,25 +10,28 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from superposition.config import ConfigError
-from superposition.store.outdir import LOCK, finished_results
+from superposition.store.outdir import finished_results, lock_holder
 from superposition.store.progress import Progress, read_progress
 from superposition.store.results import LevelResult, RunResults
 from superposition.sweep.manifest import Job, Manifest
 from superposition.sweep.scheduler import ENDED_BADLY, SchedulerState, slurm_states
 
-STATES = ("finished", "running", "queued", "stopped", "failed", "not started")
+JOB_STATES = ("finished", "running", "queued", "stopped", "failed", "not started")
 SUMMARY_LEVELS = 4
+# a job on another host whose progress.json is older than this is not taken for running
+QUIET_LIMIT_S = 600
 
 
 @dataclass
-class JobStatus:
+class JobState:
     job: Job
     label: str  # the job's swept overrides
-    state: str  # one of STATES
+    state: str  # one of JOB_STATES
     detail: str  # one line: the loss summary, the step, the error
     results: RunResults | None = None
     requeues: int = 0
@@ -67,19 +70,28 @@ def loss_summary(results: RunResults) -> str:
     return f"loss {loss(levels[0])} … {loss(levels[-1])} ({len(levels)} levels{without})"
 
 
-def holder_alive(job_dir: Path) -> bool:
-    """The process recorded in the job directory's lock file is alive on this host: the job is
-    training or analysing. Read, never taken: taking the lock, even for a moment, could turn
-    away the job itself as it starts. A holder on another host (a SLURM node) is left to the
-    scheduler's answer."""
-    try:
-        text = (job_dir / LOCK).read_text(errors="replace")
-    except OSError:
+def runs_here(job_dir: Path, progress: Progress | None) -> bool:
+    """The job is training or analysing in a process on this host: the process recorded in the
+    directory's lock is alive and is the one whose progress.json says so (an in-process sweep's
+    later jobs share its pid). The lock is read, never taken: taking it, even for a moment, could
+    turn away the job itself as it starts."""
+    holder = lock_holder(job_dir)
+    if holder is None or holder[1] != socket.gethostname() or not pid_alive(holder[0]):
         return False
-    match = re.match(r"pid (\d+) on (\S+),", text)
-    if match is None or match.group(2) != socket.gethostname():
-        return False
-    return pid_alive(int(match.group(1)))
+    return progress is None or (
+        progress.pid == holder[0] and progress.state in ("running", "analysing")
+    )
+
+
+def runs_elsewhere(progress: Progress | None) -> bool:
+    """progress.json was written lately by a running job on another host (no scheduler said so:
+    e.g. an in-process sweep inside an allocation)."""
+    return (
+        progress is not None
+        and progress.host != socket.gethostname()
+        and progress.state in ("running", "analysing")
+        and time.time() - progress.updated < QUIET_LIMIT_S
+    )
 
 
 def pid_alive(pid: int) -> bool:
@@ -101,22 +113,23 @@ def step_detail(progress: Progress | None) -> str:
     return f"step {progress.step}/{progress.total}{rate}"
 
 
+# a progress bar's drawing: "train 4 instances:  1%|▏   | 32/3000 [00:01<02:52, 17.23step/s]"
+PROGRESS_BAR = re.compile(r"^.*?\|[^|]*\|\s*\d+/\d+ \[[^\]]*\]")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+
+
 def last_error_line(text: str) -> str | None:
     """The line that says why a job failed: our one-line 'error:' or 'interrupted:', else the
-    last line of a traceback, else the last line."""
-    # a progress bar redraws its line with carriage returns: its last drawing is what counts
-    lines = [line.split("\r")[-1].strip() for line in text.splitlines()]
+    last exception line of a traceback, else the last line (a progress bar's drawing left out)."""
+    # a progress bar redraws its line with carriage returns, and its last drawing has no newline
+    lines = [PROGRESS_BAR.sub("", line.split("\r")[-1]).strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     for line in reversed(lines):
         if line.startswith(("error:", "interrupted:")):
             return line
-    for index in range(len(lines) - 1, 0, -1):
-        if (
-            lines[index - 1].startswith("Traceback")
-            or ":" in lines[index]
-            and (lines[index].split(":")[0].endswith(("Error", "Exception", "Interrupt")))
-        ):
-            return lines[index]
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            return line
     return lines[-1] if lines else None
 
 
@@ -148,22 +161,28 @@ def job_status(
     job: Job,
     label: str,
     scheduler: SchedulerState | None,
-) -> JobStatus:
+) -> JobState:
     job_dir = sweep_dir / job.dir
 
-    def status(state: str, detail: str, **more) -> JobStatus:
+    def status(state: str, detail: str, **more) -> JobState:
         requeues = progress.requeues if progress is not None else 0
-        return JobStatus(job, label, state, detail, requeues=requeues, **more)
+        return JobState(job, label, state, detail, requeues=requeues, **more)
 
     progress = read_progress(job_dir)
     try:
         results = finished_results(job_dir) if job_dir.is_dir() else None
     except ConfigError as err:
         return status("failed", str(err))
+    if results is not None and job.fingerprint not in (None, results.config_fingerprint):
+        return status(
+            "failed",
+            f"{job.dir} holds a finished run of another config; move it away and run the sweep "
+            "again for this job",
+        )
     if results is not None:
         verdict = f"verdict {results.verdict}; " if results.verdict else ""
         return status("finished", verdict + loss_summary(results), results=results)
-    if holder_alive(job_dir):
+    if runs_here(job_dir, progress):
         return status("running", step_detail(progress))
     if scheduler is not None:
         if scheduler.state in ("PENDING", "REQUEUED", "CONFIGURING"):
@@ -182,6 +201,9 @@ def job_status(
                 else ""
             )
             return status("failed", f"{error or 'ended without results or an error line'}{ended}")
+    if runs_elsewhere(progress):
+        ago = time.time() - progress.updated
+        return status("running", f"{step_detail(progress)} on {progress.host} ({ago:.0f} s ago)")
     if progress is not None:
         if progress.state == "failed":
             return status("failed", progress.error or "failed without an error line")
@@ -207,21 +229,29 @@ def job_status(
     return status("not started", "the command that launched it has ended")
 
 
-def sweep_status(sweep_dir: Path, manifest: Manifest) -> list[JobStatus]:
+def sweep_status(sweep_dir: Path, manifest: Manifest) -> list[JobState]:
     sweep_dir = Path(sweep_dir)
-    arrays = sorted(
-        {job.scheduler_id.partition("_")[0] for job in manifest.jobs if job.scheduler_id}
-    )
-    slurm_jobs = [job for job in manifest.jobs if job.scheduler_id and "_" in job.scheduler_id]
-    states = slurm_states(arrays) if slurm_jobs else {}
+    on_slurm = [
+        job
+        for job in manifest.jobs
+        if job.scheduler_id and manifest.submissions[job.submission].launcher == "slurm"
+    ]
+    arrays = sorted({job.scheduler_id.partition("_")[0] for job in on_slurm})
+    states = slurm_states(arrays)
     keys = manifest.swept_keys()
     return [
-        job_status(sweep_dir, manifest, job, job_label(job, keys), states.get(job.scheduler_id))
+        job_status(
+            sweep_dir,
+            manifest,
+            job,
+            job_label(job, keys),
+            states.get(job.scheduler_id) if job in on_slurm else None,
+        )
         for job in manifest.jobs
     ]
 
 
-def total_line(statuses: list[JobStatus]) -> str:
-    counts = [(state, sum(s.state == state for s in statuses)) for state in STATES]
+def total_line(statuses: list[JobState]) -> str:
+    counts = [(state, sum(s.state == state for s in statuses)) for state in JOB_STATES]
     parts = ", ".join(f"{n} {state}" for state, n in counts if n)
     return f"{len(statuses)} job{'s' if len(statuses) != 1 else ''}: {parts}"
