@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,11 +21,12 @@ from superposition.analysis.geometry import (
 from superposition.analysis.metrics import computes_signs, level_metrics, one_sign_features
 from superposition.analysis.select import Selection, gather_best, select_best
 from superposition.analysis.verdicts import Report, judge, write_report
-from superposition.config import Config, ConfigError, TrainConfig
+from superposition.config import Config, ConfigError
 from superposition.engine import bytes_per_instance, resolve_engine
 from superposition.engine.device import free_memory_bytes, resolve_device
-from superposition.engine.train import TrainObserver, TrainResult, history_steps, train_grid
+from superposition.engine.train import TrainResult, train_grid
 from superposition.grid import InstanceGrid, phase_cell, phase_sweep_grid, sparsity_grid
+from superposition.live import LiveReport
 from superposition.store.checkpoint import (
     Checkpointer,
     StopSignals,
@@ -51,7 +51,7 @@ from superposition.store.results import (
     write_results,
 )
 from superposition.tasks.model import ModelSpec
-from superposition.track import Tracker, level_labels, logged_indices
+from superposition.track import Tracker
 
 
 def model_spec(config: Config) -> ModelSpec:
@@ -348,71 +348,6 @@ def _run_locked(
     if report is not None:
         print(report.markdown().rstrip())
     return results
-
-
-# seconds between progress.json writes, and between W&B summary updates, while training
-PROGRESS_EVERY_S = 2.0
-SUMMARY_EVERY_S = 5.0
-
-
-class LiveReport(TrainObserver):
-    """What the job tells while it trains: the loss per level as W&B history rows (at the steps
-    logged_indices chooses, with the training step under STEP_KEY and W&B's step counting
-    chunk × train.steps + step), and where training stands in progress.json (state running) and
-    in W&B's summary ('progress/step', 'progress/total', 'progress/steps_per_s'), throttled."""
-
-    def __init__(
-        self,
-        tracker: Tracker,
-        progress: ProgressFile,
-        grid: InstanceGrid,
-        train: TrainConfig,
-        log_every: int,
-    ):
-        self.tracker, self.progress = tracker, progress
-        self.labels = level_labels(grid.feature_probability.tolist())
-        steps = history_steps(train.steps, train.log_every)
-        self.logged = {steps[t] for t in logged_indices(steps, log_every)}
-        self.first_done, self.first_time = 0, time.monotonic()
-        self.next_progress = self.next_summary = -math.inf
-
-    def started(self, done: int, total: int) -> None:
-        self.first_done, self.first_time = done, time.monotonic()
-        self.progress.step, self.progress.total = done, total
-        self._report(self.first_time)
-
-    def stepped(self, done: int, total: int) -> None:
-        self.progress.step = done
-        now = time.monotonic()
-        if now >= self.next_progress or now >= self.next_summary:
-            self._report(now)
-
-    def wants_loss(self, step: int) -> bool:
-        return step in self.logged and self.tracker.enabled
-
-    def recorded(
-        self, step: int, done: int, levels: range, loss: Annotated[Tensor, "level restart"]
-    ) -> None:
-        labels = self.labels[levels.start : levels.stop]
-        self.tracker.log_levels(step, loss, labels, wandb_step=done)
-
-    def ended(self) -> None:
-        """Training is over (the job goes on to analyse): the last counts, unthrottled."""
-        self._report(time.monotonic(), state="analysing")
-
-    def _report(self, now: float, state: str = "running") -> None:
-        progress = self.progress
-        if now > self.first_time and progress.step > self.first_done:
-            progress.steps_per_s = (progress.step - self.first_done) / (now - self.first_time)
-        if now >= self.next_progress or state != "running":
-            progress.write(state)
-            self.next_progress = now + PROGRESS_EVERY_S
-        if now >= self.next_summary or state != "running":
-            summary = {"progress/step": progress.step, "progress/total": progress.total}
-            if progress.steps_per_s is not None:
-                summary["progress/steps_per_s"] = progress.steps_per_s
-            self.tracker.update_summary(summary)
-            self.next_summary = now + SUMMARY_EVERY_S
 
 
 def _start_tracker(

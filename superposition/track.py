@@ -276,21 +276,6 @@ class Tracker:
         at = step if wandb_step is None else wandb_step
         self._guarded("log_history", lambda run: run.log(row, step=at, commit=True))
 
-    def log_history(
-        self,
-        steps: Sequence[int],
-        loss: Annotated[Tensor, "time level restart"],
-        feature_probability: Sequence[float],
-        log_every: int,
-    ) -> None:
-        """A whole loss record at once: the rows of history_rows, each with its STEP_KEY."""
-
-        def log(run):
-            for step, row in history_rows(steps, loss, feature_probability, log_every):
-                run.log({STEP_KEY: step, **row}, step=step, commit=True)
-
-        self._guarded("log_history", log)
-
     def update_summary(self, values: dict[str, Any]) -> None:
         """Set these run summary values (e.g. where training stands)."""
         self._guarded("update_summary", lambda run: run.summary.update(values))

@@ -22,6 +22,7 @@ STAGES = [
     "analysis",
     "figures",
     "track",
+    "live",
     "job",
     "sweep",
     "run",

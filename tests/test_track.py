@@ -121,7 +121,9 @@ def tracked(job_dir):
     )
     assert tracker.enabled and tracker.run_id
     history = read_tensors(job_dir / HISTORY)
-    tracker.log_history(history["steps"].tolist(), history["loss"], PROBABILITIES, WANDB_LOG_EVERY)
+    steps = history["steps"].tolist()
+    for t in logged_indices(steps, WANDB_LOG_EVERY):  # the rows a job logs as it trains
+        tracker.log_levels(steps[t], history["loss"][t], level_labels(PROBABILITIES))
     tracker.log_results(results, job_dir)
     run_id, run_dir = tracker.run_id, tracker.run_dir
     tracker.finish()
@@ -248,7 +250,7 @@ def start_args(out_dir: Path, **overrides) -> dict:
 
 def assert_disabled(tracker: Tracker, out_dir: Path) -> None:
     assert not tracker.enabled and tracker.run_id is None and tracker.run_dir is None
-    tracker.log_history([0], torch.zeros(1, 1, 1), [1.0], 1)
+    tracker.log_levels(0, torch.zeros(1, 1), ["p=1"])
     tracker.log_results(
         RunResults(task="identity", n_features=1, d_hidden=1, restarts=1, steps=1, levels=[]),
         out_dir,
@@ -290,7 +292,7 @@ def test_online_without_login_warns(tmp_path):
         "from superposition.track import Tracker\n"
         "t = Tracker.start(config={}, out_dir=sys.argv[1], mode='online', project='p',\n"
         "    entity=None, group=None, name='n', job_type='train')\n"
-        "t.log_history([0], torch.zeros(1, 1, 1), [1.0], 1)\n"
+        "t.log_levels(0, torch.zeros(1, 1), ['p=1'])\n"
         "t.finish()\n"
         "print('enabled' if t.enabled else 'disabled')\n"
     )
@@ -338,7 +340,7 @@ def test_failure_after_start_warns_once_and_goes_dark(tmp_path, capsys, wandb_ho
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tracker._run, "log", full_disk)
-    tracker.log_history([0, 1], torch.ones(2, 1, 2), [1.0], 1)
+    tracker.log_levels(0, torch.ones(1, 2), ["p=1"])
     assert_disabled(tracker, tmp_path)
     assert warning_lines(capsys) == [
         "warning: W&B log_history failed: OSError: [Errno 28] No space left on device; "
@@ -357,7 +359,7 @@ def test_failed_job_then_requeued_job_resumes_its_run(tmp_path, wandb_home, caps
     assert not first.enabled
     with Tracker.start(**start_args(tmp_path, resume_id=run_id)) as second:
         assert second.run_id == run_id
-        second.log_history([10], torch.ones(1, 1, 1), [1.0], 1)
+        second.log_levels(10, torch.ones(1, 1), ["p=1"])
     failed, resumed = (read_offline_run(run) for run in offline_runs(tmp_path))
     assert failed["run"]["run_id"] == resumed["run"]["run_id"] == run_id
     assert failed["exit_code"] == 1 and resumed["exit_code"] == 0
