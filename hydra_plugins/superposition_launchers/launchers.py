@@ -1,7 +1,9 @@
 """The runner's Hydra launchers: hydra's in-process one and hydra-submitit-launcher's local and
-SLURM ones, each of which first records the sweep's jobs in SWEEP_DIR/manifest.json
-(superposition/sweep/manifest.py), so that `python -m superposition.sweep status|collect` know
-every job, started or not.
+SLURM ones, each of which records the sweep's jobs in SWEEP_DIR/manifest.json
+(superposition/sweep/manifest.py; in-process before the jobs run, on a cluster once the scheduler
+took them), so that `python -m superposition.sweep status|collect` know every job, started or not.
+A job whose config already finished in the sweep, or whose directory's job is still queued or
+running, is not launched again.
 
 The SLURM launcher returns once the job array is queued (`hydra.launcher.wait=false`, its
 default): the jobs checkpoint, requeue and finish without the submitting command, and nothing is
