@@ -45,12 +45,11 @@ from superposition.analysis.verdicts import classify_phase_cells
 from superposition.figures.phase_figure import phase_figure
 from superposition.figures.style import (
     COLORBAR,
-    STYLE,
     Margins,
     axes_grid,
     colorbar,
+    draw_each,
     new_figure,
-    save_png,
     suptitle,
 )
 from superposition.store.results import Run, load_run
@@ -659,16 +658,7 @@ def draw_run(
     With on_error, a figure that fails is reported as on_error(name, error) and skipped, so that
     an optional figure never costs a job its results; without it the error propagates.
     """
-    paths = []
-    for name, make in figure_makers(run).items():
-        try:
-            with matplotlib.style.context(["default", STYLE]):
-                paths.append(save_png(make(run), Path(plots_dir) / f"{name}.png"))
-        except Exception as err:
-            if on_error is None:
-                raise
-            on_error(name, err)
-    return paths
+    return draw_each(figure_makers(run), run, plots_dir, on_error)
 
 
 def draw_all(out_dir: Path) -> list[Path]:

@@ -4,9 +4,10 @@ never touches pyplot's backend, and its pixel size is figsize × DPI."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import matplotlib
 import matplotlib.style
@@ -100,3 +101,24 @@ def to_rgba(fig: Figure) -> Annotated[np.ndarray, "height width 4"]:
     with matplotlib.style.context(["default", STYLE]):
         canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def draw_each(
+    makers: dict[str, Callable[[Any], Figure]],
+    subject: Any,
+    plots_dir: Path,
+    on_error: Callable[[str, Exception], None] | None = None,
+) -> list[Path]:
+    """makers[name](subject) saved as plots_dir/<name>.png in the shared style; the PNG paths.
+    With on_error, a figure that fails is reported as on_error(name, error) and skipped; without
+    it the error propagates."""
+    paths = []
+    for name, make in makers.items():
+        try:
+            with matplotlib.style.context(["default", STYLE]):
+                paths.append(save_png(make(subject), Path(plots_dir) / f"{name}.png"))
+        except Exception as err:
+            if on_error is None:
+                raise
+            on_error(name, err)
+    return paths

@@ -40,12 +40,11 @@ from matplotlib.ticker import (
 from superposition.figures.run_figures import features_2d_limit, features_2d_panel
 from superposition.figures.style import (
     COLORBAR,
-    STYLE,
     Margins,
     axes_grid,
     colorbar,
+    draw_each,
     new_figure,
-    save_png,
     suptitle,
 )
 from superposition.store.results import LevelResult, RunResults
@@ -384,13 +383,4 @@ def draw_sweep(
 ) -> list[Path]:
     """Draw every applicable sweep figure into plots_dir; return the PNG paths. With on_error, a
     figure that fails is reported as on_error(name, error) and skipped."""
-    paths = []
-    for name, make in sweep_figure_makers(jobs).items():
-        try:
-            with matplotlib.style.context(["default", STYLE]):
-                paths.append(save_png(make(jobs), Path(plots_dir) / f"{name}.png"))
-        except Exception as err:
-            if on_error is None:
-                raise
-            on_error(name, err)
-    return paths
+    return draw_each(sweep_figure_makers(jobs), jobs, plots_dir, on_error)
