@@ -165,6 +165,22 @@ def current_manifest(config: DictConfig) -> Manifest:
     return manifest or Manifest(sweep_dir=str(sweep_dir.resolve()), wandb={})
 
 
+@contextmanager
+def planning(
+    launcher: BasicLauncher | BaseSubmititLauncher,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+) -> Iterator[tuple[Manifest, Plan]]:
+    """The sweep's manifest and this submission's Plan (said on the terminal), with the
+    ManifestLock held until the block has recorded the submission."""
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    with ManifestLock(sweep_dir):
+        manifest = current_manifest(launcher.config)
+        plan = plan_jobs(launcher, job_overrides, initial_job_idx, manifest)
+        plan.say(sweep_dir)
+        yield manifest, plan
+
+
 def record_submission(
     manifest: Manifest,
     config: DictConfig,
@@ -225,11 +241,7 @@ class InProcessLauncher(BasicLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        with ManifestLock(sweep_dir):
-            manifest = current_manifest(self.config)
-            plan = plan_jobs(self, job_overrides, initial_job_idx, manifest)
-            plan.say(sweep_dir)
+        with planning(self, job_overrides, initial_job_idx) as (manifest, plan):
             record_submission(manifest, self.config, "in-process", plan, wait=True)
         jobs = plan.launch
         # one call per job keeps each job's number from the whole sweep's numbering
@@ -253,10 +265,7 @@ class _SweepSubmitit:
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        with ManifestLock(sweep_dir):
-            manifest = current_manifest(self.config)
-            plan = plan_jobs(self, job_overrides, initial_job_idx, manifest)
-            plan.say(sweep_dir)
+        with planning(self, job_overrides, initial_job_idx) as (manifest, plan):
             jobs = plan.launch
             submitted = self._submit(jobs) if jobs else []
             # recorded once the scheduler took the jobs: a refused submission leaves no entry
