@@ -16,7 +16,7 @@ import matplotlib.style
 import numpy as np
 import pytest
 import yaml
-from wandb_offline import offline_runs, read_offline_run
+from wandb_offline import offline_runs, quiet_wandb_env, read_offline_run
 
 from superposition.figures import style
 from superposition.figures.sweep_figures import SweepJob, features_2d_grid_figure, metrics_figure
@@ -43,15 +43,8 @@ def wandb_home(tmp_path_factory):
     """W&B's settings, cache and staging in the test's folder, for the module's processes."""
     home = tmp_path_factory.mktemp("wandb_home")
     with pytest.MonkeyPatch.context() as mp:
-        for var, sub in [
-            ("WANDB_CONFIG_DIR", "config"),
-            ("WANDB_CACHE_DIR", "cache"),
-            ("WANDB_DATA_DIR", "data"),
-            ("WANDB_ARTIFACT_DIR", "artifacts"),
-        ]:
-            mp.setenv(var, str(home / sub))
+        quiet_wandb_env(mp, home)
         mp.setenv("WANDB_SILENT", "true")
-        mp.delenv("WANDB_MODE", raising=False)
         yield home
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from wandb_offline import offline_runs, read_offline_run
+from wandb_offline import offline_runs, quiet_wandb_env, read_offline_run
 
 from superposition.config import WandbMode
 from superposition.store.files import HISTORY, RESULTS, WEIGHTS, read_tensors
@@ -37,18 +37,6 @@ STEPS, TRAIN_LOG_EVERY, WANDB_LOG_EVERY = 30, 5, 10
 # recorded: 0, 5, ..., 25, 29; logged: the multiples of 10, and the last
 LOGGED_STEPS = [0, 10, 20, 29]
 LABELS = ["p=1", "p=0.1", "p=0.01"]
-
-
-def quiet_wandb_env(mp: pytest.MonkeyPatch, home: Path) -> None:
-    """Keep wandb's settings, cache and artifact staging out of the user's home directory."""
-    for var, sub in [
-        ("WANDB_CONFIG_DIR", "config"),
-        ("WANDB_CACHE_DIR", "cache"),
-        ("WANDB_DATA_DIR", "data"),
-        ("WANDB_ARTIFACT_DIR", "artifacts"),
-    ]:
-        mp.setenv(var, str(home / sub))
-    mp.delenv("WANDB_MODE", raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Read an offline W&B run back from disk, with wandb's own reader of the .wandb log
-(`wandb leet inspect --json`, in wandb >= 0.31), for tests that check what a job tracked."""
+(`wandb leet inspect --json`, in wandb >= 0.31), for tests that check what a job tracked; and
+keep the tests' W&B files out of the user's home (quiet_wandb_env)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+
+def quiet_wandb_env(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """Keep wandb's settings, cache and artifact staging out of the user's home directory."""
+    for var, sub in [
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ]:
+        mp.setenv(var, str(home / sub))
+    mp.delenv("WANDB_MODE", raising=False)
 
 
 def leet_inspect(run_dir: Path, *flags: str) -> str:
