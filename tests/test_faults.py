@@ -169,8 +169,8 @@ def test_finished_results_must_match_their_files(tmp_path, tampered, two_finishe
         (b"null", "does not hold a run's results"),
         (b'{"task": "identity", "levels": []}', "does not hold a run's results (no 'n_features')"),
         (
-            b'{"format": 3, "levels": []}',
-            "is in results format 3, which this version cannot read (formats 1 to 2); read it "
+            b'{"format": 99, "levels": []}',
+            "is in results format 99, which this version cannot read (formats 1 to 3); read it "
             "with the version that wrote it",
         ),
         (None, "cannot be read (Is a directory)"),

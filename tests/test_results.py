@@ -101,12 +101,18 @@ def test_a_format_1_file_loads_into_the_typed_results(tmp_path):
     assert (results.verdict, results.files["weights.safetensors"]) == ("FAIL", "93f0")
 
 
-def test_writing_keeps_every_format_1_key_and_value_in_order_and_adds_three(tmp_path):
+# keys that came after format 1, run-wide and per level, with the value a format-1 file reads as
+ADDED_KEYS = {"format": FORMAT, "task_module": None, "engine": None, "eval_method": None}
+ADDED_LEVEL_KEYS = {"eval_loss_se": None, "restart_eval_loss_se": [], "near_best_restarts": []}
+
+
+def test_writing_keeps_every_format_1_key_and_value_in_order_and_adds_the_later_ones(tmp_path):
     write_payload(tmp_path, FORMAT_1)
     write_results(tmp_path, read_results(tmp_path))
     written = json.loads((tmp_path / RESULTS).read_text())
-    assert written.pop("format") == 2
-    assert (written.pop("task_module"), written.pop("engine")) == (None, None)
+    assert {key: written.pop(key) for key in ADDED_KEYS} == ADDED_KEYS
+    for level in written["levels"]:
+        assert {key: level.pop(key) for key in ADDED_LEVEL_KEYS} == ADDED_LEVEL_KEYS
     assert written == FORMAT_1
     assert list(written) == list(FORMAT_1)
     assert [list(level) for level in written["levels"]] == [
@@ -122,7 +128,7 @@ def test_write_then_read_round_trips(tmp_path):
     again = read_results(tmp_path)
     assert again == results
     assert again.to_json() == results.to_json()
-    assert json.loads((tmp_path / RESULTS).read_text())["format"] == 2
+    assert json.loads((tmp_path / RESULTS).read_text())["format"] == FORMAT
 
 
 def test_non_finite_values_are_written_as_null(tmp_path):
@@ -156,21 +162,21 @@ def test_keys_that_came_later_get_defaults_and_unset_ones_are_not_written():
 
 
 def test_a_future_format_is_refused_in_one_line(tmp_path):
-    write_payload(tmp_path, {**FORMAT_1, "format": 3})
+    write_payload(tmp_path, {**FORMAT_1, "format": FORMAT + 1})
     with pytest.raises(ResultsError) as error:
         read_results(tmp_path)
     message = str(error.value)
-    assert message.startswith(f"{tmp_path / RESULTS} is in results format 3")
+    assert message.startswith(f"{tmp_path / RESULTS} is in results format {FORMAT + 1}")
     assert "cannot read" in message and "\n" not in message
     assert isinstance(error.value, ValueError)
 
 
 def test_a_finished_run_of_a_future_format_is_refused_by_the_output_directory(tmp_path):
-    write_payload(tmp_path, {**FORMAT_1, "format": 3})
+    write_payload(tmp_path, {**FORMAT_1, "format": FORMAT + 1})
     with pytest.raises(OutputDirError) as error:
         finished_results(tmp_path)
     message = str(error.value)
-    assert message.startswith(f"{tmp_path / RESULTS} is in results format 3")
+    assert message.startswith(f"{tmp_path / RESULTS} is in results format {FORMAT + 1}")
     assert message.endswith(f"delete {RESULTS} in it to train again") and "\n" not in message
 
 

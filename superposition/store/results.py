@@ -4,8 +4,11 @@ This module is the only reader and writer of results.json's keys; everything els
 RunResults (or a Run: results, weights and loss record together, as load_run reads them).
 
 Formats:
-- 2 (written now): the keys of format 1, plus "format": 2, "task_module" (the file of a task of
-  your own, null for a built-in one) and "engine".
+- 3 (written now): the keys of format 2, plus the evaluation's precision ("eval_method",
+  "eval_loss_se", "restart_eval_loss_se", "near_best_restarts"), the baselines and the
+  statistics over restarts.
+- 2: the keys of format 1, plus "format": 2, "task_module" (the file of a task of your own, null
+  for a built-in one) and "engine".
 - 1 (no "format" key): files written before the format was recorded; keys that came later get
   their defaults (e.g. no "files": a run written before results.json recorded digests).
 A format newer than FORMAT is refused (ResultsError), since its keys may mean something else.
@@ -28,7 +31,7 @@ from superposition import tasks
 from superposition.grid import phase_level
 from superposition.store.files import HISTORY, RESULTS, WEIGHTS, read_tensors, write_json
 
-FORMAT = 2
+FORMAT = 3
 # keys of results.json written only when set (a run without a preset has no verdict)
 OMITTED_WHEN_NONE = ("verdict", "files")
 
@@ -66,7 +69,12 @@ class LevelResult:
     relative_importance: float | None = None
     best_restart: int | None  # None when no restart stayed finite
     eval_loss: float | None
+    # standard error of eval_loss: the kept restart re-evaluated on fresh rows (analysis/evaluate)
+    eval_loss_se: float | None = None
     restart_eval_losses: Annotated[list[float | None], "restart"] = field(default_factory=list)
+    restart_eval_loss_se: Annotated[list[float | None], "restart"] = field(default_factory=list)
+    # restarts whose loss is within NEAR_BEST_SE standard errors of the kept one's (itself too)
+    near_best_restarts: list[int] = field(default_factory=list)
     excluded_restarts: list[int] = field(default_factory=list)
     # scalars by name, an open set (analysis.metrics.level_metrics)
     metrics: dict[str, Scalar] = field(default_factory=dict)
@@ -108,6 +116,9 @@ class RunResults:
     seed: int | None = None
     device: str | None = None
     eval_batch_size: int | None = None
+    # how eval_loss was estimated: "stratified" (rows with 0 and 1 active features exactly, the
+    # rest sampled) or "monte_carlo" (plain sampling: correlated or anticorrelated pairs)
+    eval_method: str | None = None
     chunk_size: int | None = None
     levels: list[LevelResult]
     excluded: list[Exclusion] = field(default_factory=list)
@@ -156,12 +167,12 @@ class RunResults:
 
     @classmethod
     def from_json(cls, payload: Any) -> RunResults:
-        """The results in `payload` (results.json parsed), format 1 or 2; ResultsError
+        """The results in `payload` (results.json parsed), format 1 to FORMAT; ResultsError
         otherwise."""
         if not isinstance(payload, dict) or not isinstance(payload.get("levels"), list):
             raise ResultsError("does not hold a run's results")
         version = payload.get("format", 1)
-        if version not in (1, FORMAT):
+        if version not in range(1, FORMAT + 1):
             raise ResultsError(
                 f"is in results format {version!r}, which this version cannot read (formats 1 "
                 f"to {FORMAT}); read it with the version that wrote it"
