@@ -332,7 +332,7 @@ def held_out_loss(workload: Workload, params: dict[str, Tensor], settings: Setti
     grid = workload.grid
     loss = evaluate_grid(
         workload.spec, params, grid, EVAL_SEED, settings.eval_rows, torch.device(settings.device)
-    )
+    ).loss
     selection = select_best(loss, torch.isfinite(loss), grid.restarts)
     best = selection.eval_loss.min(dim=1).values  # +inf where no restart stayed finite
     return {"mean": loss.mean().item(), "best_of_restarts_mean": best.mean().item()}

@@ -124,7 +124,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    # rows of the held-out batch; see README ("How the best restart is chosen")
+    # sampled rows per grid point of the held-out loss; see README ("How the loss is estimated")
     batch_size: int = 131072
 
 

@@ -13,13 +13,18 @@ import torch
 from torch import Tensor
 
 from superposition import tasks
-from superposition.analysis.evaluate import evaluate_grid, feature_loss_ratio
+from superposition.analysis.evaluate import (
+    LossEstimate,
+    evaluate_grid,
+    evaluate_kept,
+    feature_loss_ratio,
+)
 from superposition.analysis.geometry import (
     important_feature_count,
     important_features,
 )
 from superposition.analysis.metrics import computes_signs, level_metrics, one_sign_features
-from superposition.analysis.select import Selection, gather_best, select_best
+from superposition.analysis.select import NEAR_BEST_SE, Selection, gather_best, select_best
 from superposition.analysis.verdicts import Report, judge, write_report
 from superposition.config import Config, ConfigError
 from superposition.engine import bytes_per_instance, resolve_engine
@@ -111,15 +116,24 @@ def results_summary(
     grid: InstanceGrid,
     trained: TrainResult,
     selection: Selection,
+    kept: LossEstimate,
     metrics: list[dict],
     loss_ratio: Annotated[Tensor, "level feature"],
     one_sign: list[list[int] | None],
     device: torch.device,
 ) -> RunResults:
-    """What results.json records of the run; NaN and ±inf already null (JSON has no spelling)."""
+    """What results.json records of the run; NaN and ±inf already null (JSON has no spelling).
+    `kept`: the kept restarts' losses on fresh rows (evaluate_kept), the levels' eval_loss."""
     levels = [
         level_result(
-            config, grid, selection, level, metrics[level], loss_ratio[level], one_sign[level]
+            config,
+            grid,
+            selection,
+            kept,
+            level,
+            metrics[level],
+            loss_ratio[level],
+            one_sign[level],
         )
         for level in range(grid.n_levels)
     ]
@@ -146,6 +160,7 @@ def results_summary(
         seed=config.seed,
         device=str(device),
         eval_batch_size=config.eval.batch_size,
+        eval_method=kept.method,
         chunk_size=trained.chunk_size,
         levels=levels,
         excluded=[Exclusion(level, restart) for level, restart in selection.excluded],
@@ -162,6 +177,7 @@ def level_result(
     config: Config,
     grid: InstanceGrid,
     selection: Selection,
+    kept: LossEstimate,
     level: int,
     metrics: dict,
     loss_ratio: Annotated[Tensor, "feature"],
@@ -170,13 +186,18 @@ def level_result(
     """One grid point's results."""
     importance = grid.importance[level].tolist()
     p = float(grid.feature_probability[level])
+    has_kept = selection.best_restart[level] is not None
+    restart_se = selection.eval_loss_se
     return LevelResult(
         feature_probability=p,
         importance=importance,
         relative_importance=level_relative_importance(config, level),
         best_restart=selection.best_restart[level],
-        eval_loss=selection.best_loss[level],
+        eval_loss=float(kept.loss[level]) if has_kept else None,
+        eval_loss_se=float(kept.se[level]) if has_kept else None,
         restart_eval_losses=json_safe(selection.eval_loss[level].tolist()),
+        restart_eval_loss_se=[] if restart_se is None else json_safe(restart_se[level].tolist()),
+        near_best_restarts=[] if selection.near_best is None else selection.near_best[level],
         excluded_restarts=[r for lv, r in selection.excluded if lv == level],
         metrics=json_safe(metrics),
         feature_loss_ratio=json_safe(loss_ratio.tolist()),
@@ -380,11 +401,12 @@ def _analyse(
     """Evaluate every instance, keep the best restart of every level and measure it: the run's
     results and the kept weights (level axis first)."""
     rows = config.eval.batch_size
-    eval_loss = evaluate_grid(spec, trained.params, grid, config.seed, rows, device, config.data)
+    estimate = evaluate_grid(spec, trained.params, grid, config.seed, rows, device, config.data)
     stop_point()
-    selection = select_best(eval_loss, trained.finite, grid.restarts)
+    selection = select_best(estimate.loss, trained.finite, grid.restarts, estimate.se)
     warn_about_training(grid, selection, trained)
     best = gather_best(trained.params, selection, grid.restarts)
+    kept = evaluate_kept(spec, best, grid, config.seed, rows, device, config.data)
     metrics = level_metrics(config.task.name, best, config.model.hidden_relu)
     loss_ratio = feature_loss_ratio(spec, best, grid, config.seed, rows, device, config.data)
     one_sign = one_sign_features(config.task.name, best)
@@ -395,6 +417,7 @@ def _analyse(
         grid,
         trained,
         selection,
+        kept,
         metrics,
         loss_ratio,
         one_sign,
@@ -467,14 +490,30 @@ def print_summary(results: RunResults, out_dir: Path) -> None:
         print(f"results written to {out_dir}")
         return
     best = ", ".join(
-        f"p={level.feature_probability:g}: "
-        + (f"{level.eval_loss:.4g}" if level.eval_loss is not None else "none finite")
-        for level in results.levels
+        f"p={level.feature_probability:g}: " + _loss_text(level) for level in results.levels
     )
     print(f"best eval loss per level: {best}")
+    ties = [
+        f"p={level.feature_probability:g}: restarts {', '.join(map(str, level.near_best_restarts))}"
+        for level in results.levels
+        if len(level.near_best_restarts) > 1
+    ]
+    if ties:
+        print(
+            f"restarts within {NEAR_BEST_SE:g} standard errors of the kept one (the evaluation "
+            f"cannot tell them apart): {'; '.join(ties)}"
+        )
     if computes_signs(results.task):  # abs: which signs of x it computes
         print_abs_summary(results.levels, results.d_hidden)
     print(f"results written to {out_dir}")
+
+
+def _loss_text(level: LevelResult) -> str:
+    if level.eval_loss is None:
+        return "none finite"
+    if level.eval_loss_se is None:
+        return f"{level.eval_loss:.4g}"
+    return f"{level.eval_loss:.4g} ± {level.eval_loss_se:.1g}"
 
 
 def print_abs_summary(levels: list[LevelResult], d_hidden: int) -> None:

@@ -113,17 +113,27 @@ def scalar_metrics(level: LevelResult) -> dict[str, float | int | bool | None]:
     return {k: v for k, v in level.metrics.items() if v is None or isinstance(v, int | float)}
 
 
+def evaluation_values(level: LevelResult) -> dict[str, float | int | None]:
+    """The kept loss, its standard error and the number of restarts near it."""
+    return {
+        "eval_loss": level.eval_loss,
+        "eval_loss_se": level.eval_loss_se,
+        "near_best_restarts": len(level.near_best_restarts) or None,
+    }
+
+
 def level_table(results: RunResults) -> tuple[list[str], list[list]]:
-    """Columns and one row per level: feature_probability, best_restart, eval_loss, each metric."""
+    """Columns and one row per level: feature_probability, best_restart, eval_loss (± its
+    standard error), how many restarts are near the best (select.NEAR_BEST_SE), each metric."""
     names: list[str] = []
     for level in results.levels:
         names += [name for name in scalar_metrics(level) if name not in names]
-    columns = ["feature_probability", "best_restart", "eval_loss", *names]
+    columns = ["feature_probability", "best_restart", *evaluation_values(results.levels[0]), *names]
     rows = []
     for level in results.levels:
         metrics = scalar_metrics(level)
         rows.append(
-            [level.feature_probability, level.best_restart, level.eval_loss]
+            [level.feature_probability, level.best_restart, *evaluation_values(level).values()]
             + [metrics.get(name) for name in names]
         )
     return columns, rows
@@ -134,7 +144,7 @@ def level_summary(results: RunResults) -> dict[str, float | int | bool]:
     labels = level_labels([level.feature_probability for level in results.levels])
     summary = {}
     for label, level in zip(labels, results.levels, strict=True):
-        values = {"eval_loss": level.eval_loss, **scalar_metrics(level)}
+        values = {**evaluation_values(level), **scalar_metrics(level)}
         for key, value in values.items():
             if value is not None:
                 summary[f"level/{label}/{key}"] = value

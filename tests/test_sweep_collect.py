@@ -116,6 +116,7 @@ def test_collect_writes_a_row_per_job_and_level(sweep):
         for row, level in zip(mine, results.levels, strict=True):
             assert float(row["feature_probability"]) == level.feature_probability
             assert float(row["eval_loss"]) == level.eval_loss
+            assert float(row["eval_loss_se"]) == level.eval_loss_se
             assert int(row["features_represented"]) == level.metrics["features_represented"]
             assert row["relative_importance"] == ""
     by_task = {row["task"]: row for row in rows}

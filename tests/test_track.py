@@ -185,10 +185,13 @@ def test_levels_table(tracked):
     assert table_ref["_type"] == "table-file"
     table = json.loads((tracked["run_dir"] / "files" / table_ref["path"]).read_text())
     metrics = list(results.levels[0].metrics)
-    assert table["columns"] == ["feature_probability", "best_restart", "eval_loss", *metrics]
+    evaluation = ["eval_loss", "eval_loss_se", "near_best_restarts"]
+    assert table["columns"] == ["feature_probability", "best_restart", *evaluation, *metrics]
     assert len(table["data"]) == len(PROBABILITIES)
     for row, level in zip(table["data"], results.levels, strict=True):
+        assert level.eval_loss_se > 0 and level.best_restart in level.near_best_restarts
         expected = [level.feature_probability, level.best_restart, level.eval_loss]
+        expected += [level.eval_loss_se, len(level.near_best_restarts)]
         expected += [level.metrics[name] for name in metrics]
         assert row == pytest.approx(expected, nan_ok=True)
 
@@ -197,6 +200,7 @@ def test_summary_per_level(tracked):
     summary = tracked["read"]["summary"]
     for label, level in zip(LABELS, tracked["results"].levels, strict=True):
         assert summary[f"level/{label}/eval_loss"] == pytest.approx(level.eval_loss)
+        assert summary[f"level/{label}/eval_loss_se"] == pytest.approx(level.eval_loss_se)
         for name, value in level.metrics.items():
             if value is None:
                 assert f"level/{label}/{name}" not in summary
@@ -399,15 +403,28 @@ def test_level_table_and_summary_keep_scalar_metrics():
             eval_loss=None,
             metrics={"a": 1.0, "per_feature": [1, 2]},
         ),
-        LevelResult(feature_probability=0.1, importance=[1.0], best_restart=2, eval_loss=0.5),
+        LevelResult(
+            feature_probability=0.1,
+            importance=[1.0],
+            best_restart=2,
+            eval_loss=0.5,
+            eval_loss_se=0.01,
+            near_best_restarts=[0, 2],
+        ),
     ]
     results = RunResults(
         task="identity", n_features=1, d_hidden=1, restarts=3, steps=1, levels=levels
     )
     columns, rows = level_table(results)
-    assert columns == ["feature_probability", "best_restart", "eval_loss", "a"]
-    assert rows == [[1.0, 0, None, 1.0], [0.1, 2, 0.5, None]]
-    assert level_summary(results) == {"level/p=1/a": 1.0, "level/p=0.1/eval_loss": 0.5}
+    evaluation = ["eval_loss", "eval_loss_se", "near_best_restarts"]
+    assert columns == ["feature_probability", "best_restart", *evaluation, "a"]
+    assert rows == [[1.0, 0, None, None, None, 1.0], [0.1, 2, 0.5, 0.01, 2, None]]
+    assert level_summary(results) == {
+        "level/p=1/a": 1.0,
+        "level/p=0.1/eval_loss": 0.5,
+        "level/p=0.1/eval_loss_se": 0.01,
+        "level/p=0.1/near_best_restarts": 2,
+    }
 
 
 def test_plain_config():

@@ -80,7 +80,7 @@ def test_a_non_finite_instance_is_frozen_and_excluded_while_the_rest_train_on():
     assert torch.equal(result.params["W"][:3], reference.params["W"][:3])
     # frozen instances keep finite weights (those before the bad step)
     assert torch.isfinite(result.params["W"]).all()
-    losses = evaluate_grid(SPEC, result.params, poisoned, 0, 1024, CPU)
+    losses = evaluate_grid(SPEC, result.params, poisoned, 0, 1024, CPU).loss
     selection = select_best(losses, result.finite, poisoned.restarts)
     assert selection.best_restart[1] is None and selection.best_loss[1] is None
     assert selection.best_restart[0] is not None
@@ -107,9 +107,10 @@ def test_held_out_loss_is_shared_across_restarts_and_independent_of_training_dat
         "W": torch.zeros(4, 2, 5),
         "b_final": torch.zeros(4, 5),
     }
-    losses = evaluate_grid(SPEC, params, grid, seed=0, rows=20_000, device=CPU)
+    estimate = evaluate_grid(SPEC, params, grid, seed=0, rows=20_000, device=CPU)
+    losses, se = estimate.loss, estimate.se
     # zero model: loss = mean_i I_i E[x_i^2] = mean(I) * p / 3, the same rows for both restarts
     expected = grid.importance[0].mean().item() / 3
-    assert losses[0] == losses[1]
-    assert abs(losses[0].item() - expected) < 0.02 * expected
-    assert abs(losses[2].item() - 0.1 * expected) < 0.1 * 0.1 * expected
+    assert losses[0] == losses[1] and se[0] == se[1]
+    assert abs(losses[0].item() - expected) < 4 * se[0]
+    assert abs(losses[2].item() - 0.1 * expected) < 4 * se[2]

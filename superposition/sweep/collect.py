@@ -53,7 +53,13 @@ PLOTS_DIR = "plots"
 LOCK = ".collect.lock"
 BROKEN = "unreadable: "  # the state of a job whose results cannot be read, before the reason
 # the per-level columns after the swept keys, then the metrics, then the job's own
-LEVEL_COLUMNS = ["feature_probability", "relative_importance", "eval_loss", "best_restart"]
+LEVEL_COLUMNS = [
+    "feature_probability",
+    "relative_importance",
+    "eval_loss",
+    "eval_loss_se",
+    "best_restart",
+]
 JOB_COLUMNS = ["task", "n_features", "d_hidden", "preset", "verdict"]
 FIGURE_TITLES = {
     "metrics": "Metrics against the feature probability",
@@ -149,6 +155,7 @@ def table(reports: list[JobReport], swept_keys: list[str]) -> tuple[list[str], l
                 "feature_probability": level.feature_probability,
                 "relative_importance": level.relative_importance,
                 "eval_loss": level.eval_loss,
+                "eval_loss_se": level.eval_loss_se,
                 "best_restart": level.best_restart,
                 **scalar_metrics(level),
             }

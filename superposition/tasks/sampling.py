@@ -24,6 +24,8 @@ from superposition.tasks.task import Task
 
 TRAIN_STREAM = 1
 EVAL_STREAM = 2
+# held-out rows with two or more active features (the sampled stratum of analysis/evaluate.py)
+EVAL_AT_LEAST_TWO_STREAM = 4
 
 
 @dataclass(frozen=True)
@@ -157,3 +159,63 @@ class BatchSampler:
     def __call__(self, step: int) -> Annotated[Tensor, "instance batch feature"]:
         u = self.uniforms.block(step)
         return features_with_pairs(u, self.probability, self.features)
+
+
+def active_count_distribution(
+    probability: Annotated[Tensor, "instance"], n_features: int
+) -> Annotated[Tensor, "instance count"]:
+    """P(exactly k features active), k = 0 .. n_features, for independent features each active
+    with probability p: Binomial(n_features, p), in float64 (the tail k >= 2 is summed, never
+    computed as 1 - P(0) - P(1), which cancels at small p)."""
+    k = torch.arange(n_features + 1, dtype=torch.float64, device=probability.device)
+    p = probability.double().view(-1, 1)
+    log_choose = (
+        torch.lgamma(torch.tensor(n_features + 1.0, dtype=torch.float64))
+        - torch.lgamma(k + 1)
+        - torch.lgamma(n_features - k + 1)
+    )
+    # 0 · log 0 is 0: at p = 1 every feature is active
+    active = torch.where(k == 0, 0.0, k * torch.log(p))
+    inactive = torch.where(k == n_features, 0.0, (n_features - k) * torch.log1p(-p))
+    return torch.exp(log_choose + active + inactive)
+
+
+class AtLeastTwoActiveSampler:
+    """Rows of independent features conditioned on two or more being active: the count K from
+    Binomial(n_features, p) given K >= 2, then K distinct features chosen uniformly (the K
+    smallest of one uniform per feature, ties broken by position), each with its magnitude.
+
+    Entries come from two blocks of one counter-based stream, so rows at `row_offset` onwards
+    are fresh rows, independent of the rows before them.
+    """
+
+    def __init__(
+        self,
+        features: FeatureDistribution,
+        seed: int,
+        instances: Annotated[Tensor, "instance"],
+        probability: Annotated[Tensor, "instance"],
+        rows: int,
+        n_features: int,
+        row_offset: int = 0,
+    ):
+        if features.pair_width:
+            raise ValueError("feature pairs are not independent: sample them with BatchSampler")
+        keys = rng.instance_keys(seed, EVAL_AT_LEAST_TWO_STREAM, instances)
+        # one uniform per feature (which are active) and one per row (how many): column F
+        self.uniforms = rng.UniformStream(keys, rows, n_features + 1, row_offset)
+        tail = active_count_distribution(probability, n_features)[:, 2:]
+        self.count_cdf = (tail.cumsum(dim=1) / tail.sum(dim=1, keepdim=True)).contiguous()
+        self.features = features
+        self.n_features = n_features
+
+    def __call__(self) -> Annotated[Tensor, "instance batch feature"]:
+        f = self.n_features
+        u = self.uniforms.block(0)
+        count = 2 + torch.searchsorted(self.count_cdf, u[..., f].double().contiguous())
+        count = count.clamp_max(f)
+        order = u[..., :f].argsort(dim=-1, stable=True)
+        first_k = torch.arange(f, device=u.device) < count.unsqueeze(-1)
+        active = torch.zeros_like(first_k).scatter_(-1, order, first_k)
+        magnitude = self.features.magnitude_(self.uniforms.block(1)[..., :f])
+        return torch.where(active, magnitude, 0.0)

@@ -73,12 +73,18 @@ class EncoderDecoder:
     ) -> Annotated[Tensor, "instance batch feature"]:
         """The model the fast engine computes, written plainly (register compares it with the
         task's own forward)."""
+        return self.preactivation(params, x).relu()
+
+    def preactivation(
+        self, params: dict[str, Tensor], x: Annotated[Tensor, "instance batch feature"]
+    ) -> Annotated[Tensor, "instance batch feature"]:
+        """decode(h) + b_final, the output before its ReLU."""
         encoder = params["W"] if self.tied else params["W1"]
         decoder = params["W"] if self.tied else params["W2"].transpose(-1, -2)
         hidden = x @ encoder.transpose(-1, -2)
         if self.hidden_relu:
             hidden = hidden.relu()
-        return (hidden @ decoder + params["b_final"].unsqueeze(1)).relu()
+        return hidden @ decoder + params["b_final"].unsqueeze(1)
 
     def target(self, x: Tensor) -> Tensor:
         return x.abs() if self.abs_target else x
