@@ -33,9 +33,6 @@ The checks and their thresholds (the geometry, phase and neuron rules are geomet
   p >= NEURON_SIGNS_MIN_P the NEURON_TOP_FEATURES most important features are computed for both
   signs of x (metrics.computed_fraction); at every level with NEURON_LOSS_MIN_P <= p < 1 the kept
   loss is at most NEURON_LOSS_SHARE_MAX of a constant model's (LevelResult.loss_constant).
-
-Every report's notes give the kept loss over each reference loss of its levels
-(LevelResult.loss_ratios: constant, dedicated, closed_form; README, "Baselines").
 - antipodal_neurons (abs 20 -> 10): at every level at least ANTIPODAL_MIN_FEATURES features are
   computed by an antipodal neuron pair (geometry.antipodal_neuron_pairs).
 - asymmetric_motif (abs 10 -> 10): at every level at least ASYMMETRIC_MIN_NEURONS neurons show
@@ -46,6 +43,10 @@ Every report's notes give the kept loss over each reference loss of its levels
   (correlated) or antipodal (anticorrelated), and at least one such pair must be; in a 2-D
   hidden space by angle (geometry.ORTHOGONAL_TOLERANCE_DEG / ANTIPODAL_TOLERANCE_DEG), in more
   dimensions by cosine (|cos| < ORTHOGONAL_MAX_ABS_COS; cos < ANTIPODAL_MAX_COS).
+
+Every report's notes give the kept loss over each reference loss of its levels
+(LevelResult.loss_ratios: constant, dedicated, closed_form; README, "Baselines"), per level or,
+over more than RATIO_NOTE_MAX_LEVELS levels, as ranges.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ PHASE_AGREEMENT_MIN = 0.8
 # below this many clear cells one wrong cell already decides the verdict
 PHASE_MIN_CELLS = 8
 # the kept loss against the best closed-form configuration of the 2 -> 1 model: a free bias
-# lets a trained model beat it (measured at 0.94-1.00 of it, issue 14), so a kept restart above
-# it by more than the evaluation's noise, and a rounding margin, did not train
+# lets a trained model beat it (README, "Baselines"), so a kept restart above it by more than
+# the evaluation's noise and a rounding margin did not find it
 CLOSED_FORM_MAX_SE = 3.0
 CLOSED_FORM_RTOL = 1e-3
 
