@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
@@ -55,6 +55,7 @@ from superposition.store.results import (
     RunResults,
     write_results,
 )
+from superposition.tasks import Shape
 from superposition.tasks.model import ModelSpec
 from superposition.track import Tracker
 
@@ -188,10 +189,11 @@ def level_result(
     p = float(grid.feature_probability[level])
     has_kept = selection.best_restart[level] is not None
     restart_se = selection.eval_loss_se
+    relative = level_relative_importance(config, level)
     return LevelResult(
         feature_probability=p,
         importance=importance,
-        relative_importance=level_relative_importance(config, level),
+        relative_importance=relative,
         best_restart=selection.best_restart[level],
         eval_loss=float(kept.loss[level]) if has_kept else None,
         eval_loss_se=float(kept.se[level]) if has_kept else None,
@@ -202,7 +204,7 @@ def level_result(
         metrics=json_safe(metrics),
         feature_loss_ratio=json_safe(loss_ratio.tolist()),
         one_sign_features=one_sign,
-        baselines=level_baselines(config, importance, p),
+        **level_references(config, importance, p, relative),
     )
 
 
@@ -221,11 +223,28 @@ def task_module_path(config: Config) -> str | None:
     return None if config.task.module is None else tasks.module_file(config.task.module)
 
 
-def level_baselines(config: Config, importance: list[float], p: float) -> dict | None:
-    """The task's closed-form losses for this level, by name (abs: a constant model's and the
-    best model's without superposition); None for a task without them."""
-    baselines = tasks.get(config.task.name).baselines
-    return None if baselines is None else baselines(importance, p, config.model.d_hidden)
+def level_references(
+    config: Config, importance: list[float], p: float, relative_importance: float | None
+) -> dict[str, Any]:
+    """The level's closed-form reference losses (LevelResult's loss_constant, loss_dedicated,
+    loss_closed_form and loss_closed_form_configs; README, "Baselines"), None where they do not
+    apply: the task's baselines, and its closed_forms in a phase sweep (relative_importance set)
+    on independent features."""
+    task = tasks.get(config.task.name)
+    baselines = (
+        {} if task.baselines is None else task.baselines(importance, p, config.model.d_hidden)
+    )
+    configs = None
+    independent = config.data.correlated_pairs == config.data.anticorrelated_pairs == 0
+    if relative_importance is not None and independent and task.closed_forms is not None:
+        shape = Shape(config.model.n_features, config.model.d_hidden, config.model.hidden_relu)
+        configs = task.closed_forms(importance, p, shape)
+    return {
+        "loss_constant": baselines.get("constant"),
+        "loss_dedicated": baselines.get("dedicated"),
+        "loss_closed_form": None if not configs else min(configs.values()),
+        "loss_closed_form_configs": configs or None,
+    }
 
 
 def run_job(
@@ -548,7 +567,4 @@ def print_abs_summary(levels: list[LevelResult], d_hidden: int) -> None:
 
 
 def _loss_over_constant(level: LevelResult) -> float | None:
-    baselines = level.baselines
-    if level.eval_loss is None or not (baselines or {}).get("constant"):
-        return None
-    return level.eval_loss / baselines["constant"]
+    return level.loss_ratios.get("constant")

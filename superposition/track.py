@@ -122,29 +122,43 @@ def evaluation_values(level: LevelResult) -> dict[str, float | int | None]:
     }
 
 
+def reference_values(level: LevelResult) -> dict[str, float]:
+    """The level's reference losses ('loss_constant', 'loss_dedicated', 'loss_closed_form') and
+    the kept loss over each ('loss_ratio/constant', ...), those that apply."""
+    values = {f"loss_{name}": value for name, value in level.references().items()}
+    values.update({f"loss_ratio/{name}": ratio for name, ratio in level.loss_ratios.items()})
+    return values
+
+
 def level_table(results: RunResults) -> tuple[list[str], list[list]]:
     """Columns and one row per level: feature_probability, best_restart, eval_loss (± its
-    standard error), how many restarts are near the best (select.NEAR_BEST_SE), each metric."""
+    standard error), how many restarts are near the best (select.NEAR_BEST_SE), the reference
+    losses and ratios that any level has, each metric."""
+    evaluation = list(evaluation_values(results.levels[0]))
+    references: list[str] = []
     names: list[str] = []
     for level in results.levels:
+        references += [name for name in reference_values(level) if name not in references]
         names += [name for name in scalar_metrics(level) if name not in names]
-    columns = ["feature_probability", "best_restart", *evaluation_values(results.levels[0]), *names]
+    columns = ["feature_probability", "best_restart", *evaluation, *references, *names]
     rows = []
     for level in results.levels:
-        metrics = scalar_metrics(level)
+        values = {**evaluation_values(level), **reference_values(level), **scalar_metrics(level)}
         rows.append(
-            [level.feature_probability, level.best_restart, *evaluation_values(level).values()]
-            + [metrics.get(name) for name in names]
+            [level.feature_probability, level.best_restart]
+            + [values.get(name) for name in [*evaluation, *references, *names]]
         )
     return columns, rows
 
 
 def level_summary(results: RunResults) -> dict[str, float | int | bool]:
-    """'level/p=0.1/eval_loss' and 'level/p=0.1/<metric>' for every level; nulls left out."""
+    """'level/p=0.1/eval_loss' (and its standard error: evaluation_values),
+    'level/p=0.1/<reference or ratio>' (reference_values) and 'level/p=0.1/<metric>' for every
+    level; nulls left out."""
     labels = level_labels([level.feature_probability for level in results.levels])
     summary = {}
     for label, level in zip(labels, results.levels, strict=True):
-        values = {**evaluation_values(level), **scalar_metrics(level)}
+        values = {**evaluation_values(level), **reference_values(level), **scalar_metrics(level)}
         for key, value in values.items():
             if value is not None:
                 summary[f"level/{label}/{key}"] = value

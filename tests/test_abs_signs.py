@@ -49,7 +49,7 @@ def test_default_init_computes_the_top_features_for_both_signs(tmp_path):
     assert max(level["feature_loss_ratio"][:TOP]) < 0.2
     # and superposition pays: below the best model with 4 antipodal pairs and no superposition
     # (seeds 0-2: 0.85-0.88 of it; the per-instance start: 1.1-1.4)
-    assert level["eval_loss"] < level["baselines"]["no_superposition"]
+    assert level["eval_loss"] < level["loss_dedicated"]
     assert "features computed for both signs / one sign only" in done.stdout
     assert "warning: p=0.1" not in done.stdout
 
@@ -65,7 +65,7 @@ def test_per_instance_init_is_the_one_sign_minimum(tmp_path):
     results = json.loads((out / "results.json").read_text())
     (level,) = results["levels"]
     assert set(bad) <= set(level["one_sign_features"])
-    assert level["eval_loss"] > level["baselines"]["no_superposition"]
+    assert level["eval_loss"] > level["loss_dedicated"]
     # the summary warns: one of the d_hidden // 4 = 2 most important features is one-sign
     important = [i for i in level["one_sign_features"] if i < 2]
     assert important, level["one_sign_features"]

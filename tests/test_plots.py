@@ -12,6 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import LineCollection
 from safetensors.torch import save_file
 
 from superposition.figures import __main__ as plot
@@ -200,6 +201,33 @@ def test_level_without_finite_restart_and_missing_history_still_draw(tmp_path):
     assert_png(paths["loss"], 650, 475)  # the held-out panel alone
     for name in ("features_2d", "wtw", "neurons", "dimensionality"):
         assert paths[name].stat().st_size > 0
+
+
+def test_loss_figure_draws_each_reference_loss_with_a_legend(tmp_path):
+    out = write_run(tmp_path, "identity", n_features=2, d_hidden=1, probabilities=(1.0, 0.1))
+    results = json.loads((out / "results.json").read_text())
+    for level in results["levels"]:
+        level.update(loss_constant=0.2, loss_dedicated=0.0, loss_closed_form=0.05)
+    results["levels"][1]["loss_closed_form"] = None
+    (out / "results.json").write_text(json.dumps(results))
+    fig = plots.loss_figure(load_run(out))
+    ax = fig.axes[-1]
+    # one short line per level and reference, centred on the level's restarts; a reference of 0
+    # cannot sit on the log axis, so the dedicated one is left out
+    segments = sorted(
+        (round(float(np.mean(seg[:, 0])), 6), float(seg[0, 1]))
+        for c in ax.collections
+        if isinstance(c, LineCollection)
+        for seg in c.get_segments()
+    )
+    assert segments == [(0.0, 0.05), (0.0, 0.2), (1.0, 0.2)]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [
+        "selected (lowest held-out loss)",
+        "constant: represents nothing",
+        "best closed-form configuration",
+    ]
+    assert_png(style.save_png(fig, tmp_path / "loss.png"), 1300, 475)
 
 
 def test_to_rgba_matches_the_png_size(tmp_path):

@@ -94,7 +94,15 @@ def test_a_format_1_file_loads_into_the_typed_results(tmp_path):
     assert results.data == DataPairs(correlated_pairs=0, anticorrelated_pairs=0)
     assert results.excluded == [Exclusion(1, 0), Exclusion(1, 1)]
     first, second = results.levels
-    assert first.baselines == {"constant": 0.0433452, "no_superposition": 0.0245952}
+    # format 1's baselines, read as the reference losses
+    assert (first.loss_constant, first.loss_dedicated) == (0.0433452, 0.0245952)
+    assert first.loss_closed_form is None and first.loss_closed_form_configs is None
+    assert first.loss_ratios == {
+        "constant": pytest.approx(0.059743624180555344 / 0.0433452),
+        "dedicated": pytest.approx(0.059743624180555344 / 0.0245952),
+    }
+    # no kept restart, no ratio; a reference of 0 has none either
+    assert (second.loss_dedicated, second.loss_ratios) == (0.0, {})
     assert first.eval_loss == 0.059743624180555344 and first.best_restart == 1
     assert first.metrics == {"features_represented": 2, "mean_interference": None}
     assert second.best_restart is None and second.restart_eval_losses == [None, None]
@@ -104,6 +112,24 @@ def test_a_format_1_file_loads_into_the_typed_results(tmp_path):
 # keys that came after format 1, run-wide and per level, with the value a format-1 file reads as
 ADDED_KEYS = {"format": FORMAT, "task_module": None, "engine": None, "eval_method": None}
 ADDED_LEVEL_KEYS = {"eval_loss_se": None, "restart_eval_loss_se": [], "near_best_restarts": []}
+# format 1's "baselines" ({constant, no_superposition}) is written as these, in its place
+REFERENCE_KEYS = [
+    "loss_constant",
+    "loss_dedicated",
+    "loss_closed_form",
+    "loss_closed_form_configs",
+    "loss_ratios",
+]
+
+
+def references_of(level: dict) -> dict:
+    """The reference keys a format-1 level is written with."""
+    constant, dedicated = level["baselines"]["constant"], level["baselines"]["no_superposition"]
+    loss = level["eval_loss"]
+    ratios = {} if loss is None else {"constant": loss / constant, "dedicated": loss / dedicated}
+    return dict(
+        zip(REFERENCE_KEYS, [constant, dedicated, None, None, ratios], strict=True),
+    )
 
 
 def test_writing_keeps_every_format_1_key_and_value_in_order_and_adds_the_later_ones(tmp_path):
@@ -111,13 +137,32 @@ def test_writing_keeps_every_format_1_key_and_value_in_order_and_adds_the_later_
     write_results(tmp_path, read_results(tmp_path))
     written = json.loads((tmp_path / RESULTS).read_text())
     assert {key: written.pop(key) for key in ADDED_KEYS} == ADDED_KEYS
-    for level in written["levels"]:
+    expected_levels = []
+    for level, old in zip(written["levels"], FORMAT_1["levels"], strict=True):
         assert {key: level.pop(key) for key in ADDED_LEVEL_KEYS} == ADDED_LEVEL_KEYS
-    assert written == FORMAT_1
+        assert list(level)[-len(REFERENCE_KEYS) :] == REFERENCE_KEYS  # where baselines was
+        assert {key: level.pop(key) for key in REFERENCE_KEYS} == references_of(old)
+        expected_levels.append({k: v for k, v in old.items() if k != "baselines"})
+    assert written == {**FORMAT_1, "levels": expected_levels}
     assert list(written) == list(FORMAT_1)
     assert [list(level) for level in written["levels"]] == [
-        list(level) for level in FORMAT_1["levels"]
+        list(level) for level in expected_levels
     ]
+
+
+def test_references_round_trip_and_their_ratios_are_derived(tmp_path):
+    results = RunResults.from_json(FORMAT_1)
+    level = results.levels[0]
+    level.loss_closed_form_configs = {"drop": 0.05, "dedicate": 0.07, "antipodal": 0.06}
+    level.loss_closed_form = 0.05
+    write_results(tmp_path, results)
+    written = json.loads((tmp_path / RESULTS).read_text())["levels"][0]
+    assert written["loss_ratios"]["closed_form"] == pytest.approx(0.059743624180555344 / 0.05)
+    assert written["loss_closed_form_configs"] == level.loss_closed_form_configs
+    assert read_results(tmp_path) == results
+    # a stale ratio in a file is recomputed from the losses it was written with
+    written["loss_ratios"] = {"constant": 99.0}
+    assert LevelResult.from_json(written).loss_ratios == level.loss_ratios
 
 
 def test_write_then_read_round_trips(tmp_path):
@@ -156,7 +201,9 @@ def test_keys_that_came_later_get_defaults_and_unset_ones_are_not_written():
     assert results.config_fingerprint is None and results.files is None
     assert results.relative_importance == [] and results.data == DataPairs()
     (level,) = results.levels
-    assert level.metrics == {} and level.feature_loss_ratio is None and level.baselines is None
+    assert level.metrics == {} and level.feature_loss_ratio is None
+    assert (level.loss_constant, level.loss_dedicated, level.loss_closed_form) == (None,) * 3
+    assert level.loss_ratios == {}
     payload = results.to_json()
     assert "verdict" not in payload and "files" not in payload  # as a job without a preset
 

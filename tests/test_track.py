@@ -186,12 +186,22 @@ def test_levels_table(tracked):
     table = json.loads((tracked["run_dir"] / "files" / table_ref["path"]).read_text())
     metrics = list(results.levels[0].metrics)
     evaluation = ["eval_loss", "eval_loss_se", "near_best_restarts"]
-    assert table["columns"] == ["feature_probability", "best_restart", *evaluation, *metrics]
+    # identity: the constant and dedicated reference losses, and the kept loss over each
+    references = ["loss_constant", "loss_dedicated", "loss_ratio/constant", "loss_ratio/dedicated"]
+    assert table["columns"] == [
+        "feature_probability",
+        "best_restart",
+        *evaluation,
+        *references,
+        *metrics,
+    ]
     assert len(table["data"]) == len(PROBABILITIES)
     for row, level in zip(table["data"], results.levels, strict=True):
         assert level.eval_loss_se > 0 and level.best_restart in level.near_best_restarts
         expected = [level.feature_probability, level.best_restart, level.eval_loss]
         expected += [level.eval_loss_se, len(level.near_best_restarts)]
+        expected += [level.loss_constant, level.loss_dedicated]
+        expected += [level.eval_loss / level.loss_constant, level.eval_loss / level.loss_dedicated]
         expected += [level.metrics[name] for name in metrics]
         assert row == pytest.approx(expected, nan_ok=True)
 
@@ -201,6 +211,12 @@ def test_summary_per_level(tracked):
     for label, level in zip(LABELS, tracked["results"].levels, strict=True):
         assert summary[f"level/{label}/eval_loss"] == pytest.approx(level.eval_loss)
         assert summary[f"level/{label}/eval_loss_se"] == pytest.approx(level.eval_loss_se)
+        assert summary[f"level/{label}/loss_constant"] == pytest.approx(level.loss_constant)
+        assert summary[f"level/{label}/loss_dedicated"] == pytest.approx(level.loss_dedicated)
+        assert summary[f"level/{label}/loss_ratio/constant"] == pytest.approx(
+            level.eval_loss / level.loss_constant
+        )
+        assert f"level/{label}/loss_closed_form" not in summary
         for name, value in level.metrics.items():
             if value is None:
                 assert f"level/{label}/{name}" not in summary
@@ -425,6 +441,46 @@ def test_level_table_and_summary_keep_scalar_metrics():
         "level/p=0.1/eval_loss_se": 0.01,
         "level/p=0.1/near_best_restarts": 2,
     }
+
+
+def test_level_table_and_summary_keep_the_reference_losses_and_ratios():
+    levels = [
+        LevelResult(
+            feature_probability=0.1,
+            importance=[1.0, 3.0],
+            best_restart=0,
+            eval_loss=0.02,
+            loss_constant=0.04,
+            loss_dedicated=0.0,
+            loss_closed_form=0.025,
+            loss_closed_form_configs={"drop": 0.05, "dedicate": 0.025, "antipodal": 0.03},
+        ),
+        LevelResult(
+            feature_probability=1.0, importance=[1.0, 3.0], best_restart=None, eval_loss=None
+        ),
+    ]
+    results = RunResults(
+        task="identity", n_features=2, d_hidden=1, restarts=1, steps=1, levels=levels
+    )
+    columns, rows = level_table(results)
+    references = ["loss_constant", "loss_dedicated", "loss_closed_form"]
+    ratios = ["loss_ratio/constant", "loss_ratio/closed_form"]  # none over a reference of 0
+    evaluation = ["eval_loss", "eval_loss_se", "near_best_restarts"]
+    assert columns == ["feature_probability", "best_restart", *evaluation, *references, *ratios]
+    assert rows == [
+        pytest.approx([0.1, 0, 0.02, None, None, 0.04, 0.0, 0.025, 0.5, 0.8]),
+        [1.0, None, None, None, None, None, None, None, None, None],
+    ]
+    assert level_summary(results) == pytest.approx(
+        {
+            "level/p=0.1/eval_loss": 0.02,
+            "level/p=0.1/loss_constant": 0.04,
+            "level/p=0.1/loss_dedicated": 0.0,
+            "level/p=0.1/loss_closed_form": 0.025,
+            "level/p=0.1/loss_ratio/constant": 0.5,
+            "level/p=0.1/loss_ratio/closed_form": 0.8,
+        }
+    )
 
 
 def test_plain_config():

@@ -12,6 +12,9 @@ from superposition.analysis import geometry, verdicts
 from superposition.figures.phase_figure import SIZE, draw_phase_diagram
 from superposition.figures.style import DPI
 from superposition.store.results import DataPairs, LevelResult, RunResults
+from superposition.tasks import Shape
+from superposition.tasks import abs as abs_task
+from superposition.tasks import identity as identity_task
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -152,9 +155,20 @@ def phase_run(
     results, weights = identity_run(Ws, [p for _, p in levels], nan_levels)
     for level, (r, _) in zip(results.levels, levels, strict=True):
         level.relative_importance = r
+        level.importance = [1.0, r]
+        set_closed_form(level)
+        if level.eval_loss is not None:  # trained to the best configuration, exactly
+            level.eval_loss = level.loss_closed_form
     results.relative_importance = list(R_GRID)
     results.feature_probability = list(P_GRID)
     return results, weights
+
+
+def set_closed_form(level: LevelResult) -> None:
+    shape = Shape(2, 1)
+    configs = identity_task.closed_forms(level.importance, level.feature_probability, shape)
+    level.loss_closed_form_configs = configs
+    level.loss_closed_form = min(configs.values())
 
 
 def clear_cells() -> list[tuple[float, float]]:
@@ -201,6 +215,57 @@ def test_skipped_phase_cells_count_neither_way():
     assert agreement.value == pytest.approx(6 / 7)
     assert not agreement.passed
     assert "r = 0.1, p = 1: skipped (no finite restart)" in report.notes
+
+
+def test_a_cell_above_the_closed_form_by_3_standard_errors_fails():
+    results, weights = phase_run()
+    report = verdicts.judge("phase_diagram", results, weights)
+    closed = check(report, "not_worse_than_closed_form")
+    assert closed.passed and closed.value == pytest.approx(1.0)
+    assert closed.measured.startswith("0 of 20 cells above it; highest")
+    assert "3 standard errors (0 where none is recorded) + 0.001 of it" in closed.expected
+    cell = results.levels[results.level_at(3, 2)]  # r = 3, p = 0.1
+    # a free bias beats the closed form: below it always passes
+    cell.eval_loss = 0.9 * cell.loss_closed_form
+    assert check(verdicts.judge("phase_diagram", results, weights), closed.name).passed
+    # no standard error recorded: the relative tolerance only
+    cell.eval_loss = cell.loss_closed_form * (1 + 0.5e-3)
+    assert check(verdicts.judge("phase_diagram", results, weights), closed.name).passed
+    cell.eval_loss = cell.loss_closed_form * (1 + 2e-3)
+    failed = check(verdicts.judge("phase_diagram", results, weights), closed.name)
+    assert not failed.passed and failed.value == pytest.approx(1.002)
+    assert failed.measured == (
+        "1 of 20 cells above it; highest r = 3, p = 0.1: 1.002 × the closed form (no SE recorded)"
+    )
+    # within 3 standard errors of it
+    cell.eval_loss_se = cell.loss_closed_form * 1e-3
+    cell.eval_loss = cell.loss_closed_form * (1 + 3.5e-3)
+    assert check(verdicts.judge("phase_diagram", results, weights), closed.name).passed
+    cell.eval_loss = cell.loss_closed_form * (1 + 4.5e-3)
+    report = verdicts.judge("phase_diagram", results, weights)
+    assert not report.passed
+    assert "(+4.5 SE)" in check(report, closed.name).measured
+
+
+def test_the_closed_form_check_needs_the_references_and_states_the_ratios():
+    results, weights = phase_run()
+    report = verdicts.judge("phase_diagram", results, weights)
+    assert report.notes[-1] == (
+        "kept loss over the reference losses (closed_form: the best 2 → 1 configuration; below "
+        "1: better than it), over the 20 kept levels: closed_form 1–1 (median 1)"
+    )
+    results.levels[5].loss_closed_form = None
+    closed = check(verdicts.judge("phase_diagram", results, weights), "not_worse_than_closed_form")
+    assert not closed.passed
+    assert closed.measured == "r = 0.3, p = 0.3: no loss_closed_form in results (1 cells)"
+
+
+def test_the_3_to_2_phase_diagram_has_no_closed_form_check():
+    results, weights = phase_run()
+    results.n_features, results.d_hidden = 3, 2
+    report = verdicts.judge("phase_diagram", results, weights)
+    assert [c.name for c in report.checks] == ["phase_agreement"]
+    assert any(note.startswith("no closed form for the 3 → 2 model") for note in report.notes)
 
 
 def test_phase_diagram_without_a_grid_fails():
@@ -327,6 +392,8 @@ def neuron_run(one_sign: set[int], fractions: list[float | None]) -> tuple[RunRe
             best_restart=0,
             eval_loss=sum(importance[i] * p / 6 for i in one_sign) / NEURON_FEATURES,
             metrics={"monosemantic_fraction": fraction},
+            loss_constant=abs_task.constant_loss(importance, p),
+            loss_dedicated=abs_task.dedicated_loss(importance, p, 24),
         )
         for p, fraction in zip(NEURON_P, fractions, strict=True)
     ]
@@ -347,9 +414,12 @@ def test_neuron_computation_passes_a_model_computing_both_signs():
     assert signs.measured == "p = 1: all; p = 0.1: all"  # levels with p >= 0.03
     assert signs.value == 0
     assert check(report, "loss_below_one_sign").value == 0.0
-    assert report.notes[-1].startswith("kept loss over the best loss without superposition")
+    assert report.notes[-1].startswith(
+        "kept loss over the reference losses (constant: the best model that represents nothing; "
+        "dedicated: no superposition; below 1: better than it): p = 1: constant 0, dedicated –;"
+    )
     # 24 neurons hold all 12 features without superposition: that baseline is 0, no ratio
-    assert "p = 0.1: –;" in report.notes[-1]
+    assert "p = 0.1: constant 0, dedicated –;" in report.notes[-1]
 
 
 def test_neuron_computation_fails_a_model_computing_one_sign():

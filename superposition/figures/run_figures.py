@@ -24,6 +24,7 @@ point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -591,17 +592,51 @@ def _eval_panel(ax, run: Run, colors: np.ndarray) -> None:
                 fontsize=6,
                 color="0.3",
             )
-    if any_finite:
+    references = _reference_lines(ax, run)
+    if any_finite or references:
         ax.set_yscale("log")
-    else:
+    if not any_finite:
         _nothing_finite(ax)
     ax.set_xticks(range(run.n_levels), labels=[f"{p:g}" for p in probabilities(run)])
     ax.set_xlim(-0.6, run.n_levels - 0.4)
     ax.set_xlabel("feature probability p")
     ax.set_ylabel("held-out loss")
     ax.set_title(f"held-out loss of each of {restarts} restarts")
-    if starred:
+    if starred or references:
         ax.legend(loc="best")
+
+
+# the reference losses of each level (LevelResult.references; README, "Baselines"): name, label,
+# colour and dashes of its line
+REFERENCE_LINES = (
+    ("constant", "constant: represents nothing", "0.35", "--"),
+    ("dedicated", "dedicated: no superposition", "tab:blue", ":"),
+    ("closed_form", "best closed-form configuration", "tab:green", "-."),
+)
+
+
+def _reference_lines(ax, run: Run) -> bool:
+    """A short horizontal line across each level's restarts at each of its positive reference
+    losses, one legend entry per reference; whether any was drawn."""
+    drawn = False
+    for name, label, color, dashes in REFERENCE_LINES:
+        labelled = False
+        for level, lv in enumerate(run.levels):
+            value = lv.references().get(name)
+            if value is None or not math.isfinite(value) or value <= 0:
+                continue
+            ax.hlines(
+                value,
+                level - 0.42,
+                level + 0.42,
+                colors=color,
+                linestyles=dashes,
+                linewidth=1.3,
+                zorder=2,
+                label=None if labelled else label,
+            )
+            labelled = drawn = True
+    return drawn
 
 
 def _nothing_finite(ax) -> None:

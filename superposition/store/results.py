@@ -5,8 +5,11 @@ RunResults (or a Run: results, weights and loss record together, as load_run rea
 
 Formats:
 - 3 (written now): the keys of format 2, plus the evaluation's precision ("eval_method",
-  "eval_loss_se", "restart_eval_loss_se", "near_best_restarts"), the baselines and the
-  statistics over restarts.
+  "eval_loss_se", "restart_eval_loss_se", "near_best_restarts"), the reference losses per level
+  ("loss_constant", "loss_dedicated", "loss_closed_form", "loss_closed_form_configs" and the
+  kept loss over each, "loss_ratios", in place of format 2's "baselines": {"constant",
+  "no_superposition"}, read into loss_constant and loss_dedicated) and the statistics over
+  restarts.
 - 2: the keys of format 1, plus "format": 2, "task_module" (the file of a task of your own, null
   for a built-in one) and "engine".
 - 1 (no "format" key): files written before the format was recorded; keys that came later get
@@ -81,15 +84,49 @@ class LevelResult:
     # per feature: its held-out loss over its loss when dropped (evaluate.py)
     feature_loss_ratio: Annotated[list[float | None], "feature"] | None = None
     one_sign_features: list[int] | None = None
-    # the task's closed-form losses by name (abs: constant, no_superposition), None without
-    baselines: dict[str, float] | None = None
+    # closed-form reference losses (README, "Baselines"), None where they do not apply: the best
+    # model that represents nothing; no superposition (tasks' baselines); the 2 -> 1 phase
+    # diagram's configurations by name (drop, dedicate, antipodal; tasks' closed_forms) and
+    # their minimum
+    loss_constant: float | None = None
+    loss_dedicated: float | None = None
+    loss_closed_form: float | None = None
+    loss_closed_form_configs: dict[str, float] | None = None
+
+    def references(self) -> dict[str, float]:
+        """The reference losses that apply, by name (constant, dedicated, closed_form)."""
+        values = {
+            "constant": self.loss_constant,
+            "dedicated": self.loss_dedicated,
+            "closed_form": self.loss_closed_form,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+    @property
+    def loss_ratios(self) -> dict[str, float]:
+        """The kept restart's eval_loss over each reference, by name; a reference of 0 has none
+        (results.json's "loss_ratios": derived, so recomputed on reading)."""
+        if self.eval_loss is None:
+            return {}
+        return {name: self.eval_loss / ref for name, ref in self.references().items() if ref}
 
     def to_json(self) -> dict[str, Any]:
-        return _plain_fields(self)
+        payload = {}
+        for key, value in _plain_fields(self).items():
+            payload[key] = value
+            if key == "loss_closed_form_configs":
+                payload["loss_ratios"] = self.loss_ratios
+        return payload
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> LevelResult:
-        return cls(**_known(cls, payload))
+        values = _known(cls, payload)
+        # format 1 and 2 (and early 3): the task's baselines as one dict
+        old = payload.get("baselines")
+        if isinstance(old, dict) and "loss_constant" not in payload:
+            values["loss_constant"] = old.get("constant")
+            values["loss_dedicated"] = old.get("no_superposition")
+        return cls(**values)
 
 
 @dataclass(kw_only=True)

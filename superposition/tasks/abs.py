@@ -13,6 +13,7 @@ from einops import einsum
 from torch import Tensor
 
 from superposition.tasks import EncoderDecoder, Param, Shape, Task, register
+from superposition.tasks.task import constant_output_loss
 
 
 def params(shape: Shape) -> dict[str, Param]:
@@ -31,23 +32,23 @@ def forward(params: dict[str, Tensor], x: Tensor, shape: Shape) -> Tensor:
 
 
 def constant_loss(importance: Sequence[float], p: float) -> float:
-    """Loss of a model that computes nothing: every output the constant E|x_i| = p / 2, which
-    costs E[(|x_i| - p/2)²] = p/3 - p²/4 per feature (|x_i| uniform on [0, 1] when active)."""
-    return sum(importance) * (p / 3 - p**2 / 4) / len(importance)
+    """Loss of the best model that computes nothing (weights 0): every output the constant
+    E|x_i| = p / 2, which costs E[(|x_i| - p/2)²] = p/3 - p²/4 per feature (|x_i| uniform on
+    [0, 1] when active)."""
+    return constant_output_loss(importance, p)
 
 
-def no_superposition_loss(importance: Sequence[float], p: float, d_hidden: int) -> float:
-    """Loss of the best model without superposition: the d_hidden // 2 most important features
-    computed exactly by antipodal neuron pairs (|x| = ReLU(x) + ReLU(-x)), the rest left to the
-    constant p / 2."""
-    order = sorted(importance, reverse=True)
-    return sum(order[d_hidden // 2 :]) * (p / 3 - p**2 / 4) / len(importance)
+def dedicated_loss(importance: Sequence[float], p: float, d_hidden: int) -> float:
+    """Loss without superposition: the d_hidden // 2 most important features computed exactly,
+    each by one ReLU(x) and one ReLU(-x) neuron read back with weight 1 (|x| = ReLU(x) +
+    ReLU(-x)), the rest left to the constant p / 2 (their bias)."""
+    return constant_output_loss(importance, p, exact=d_hidden // 2)
 
 
 def baselines(importance: Sequence[float], p: float, d_hidden: int) -> dict[str, float]:
     return {
         "constant": constant_loss(importance, p),
-        "no_superposition": no_superposition_loss(importance, p, d_hidden),
+        "dedicated": dedicated_loss(importance, p, d_hidden),
     }
 
 

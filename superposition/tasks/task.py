@@ -114,8 +114,12 @@ class Task:
     hidden_relu_option: whether model.hidden_relu=true is allowed.
     figures, metrics: the names (FIGURES, METRICS) that apply.
     fast_path(shape): the fast engine's description of the model, None when it has none.
-    baselines(importance, p, d_hidden): closed-form losses to set a level's loss against (by
-        name), None when the task has none.
+    baselines(importance, p, d_hidden): the closed-form reference losses of a level, by name:
+        "constant" (the best model that represents nothing: weights 0, best bias) and
+        "dedicated" (no superposition: the most important features that fit represented exactly,
+        the rest constant); None when the task has none.
+    closed_forms(importance, p, shape): the closed-form losses of named configurations of a
+        phase-diagram cell (identity 2 -> 1: drop, dedicate, antipodal), None where none apply.
     """
 
     name: str
@@ -133,3 +137,14 @@ class Task:
     metrics: tuple[str, ...] = ()
     fast_path: Callable[[Shape], EncoderDecoder | None] = field(default=lambda shape: None)
     baselines: Callable[[Sequence[float], float, int], dict[str, float]] | None = None
+    closed_forms: Callable[[Sequence[float], float, Shape], dict[str, float] | None] | None = None
+
+
+def constant_output_loss(importance: Sequence[float], p: float, exact: int = 0) -> float:
+    """The loss (the mean over features of importance_i · E[(target_i − out_i)²]) of a model whose
+    `exact` most important outputs are exact and whose others are the constant p / 2, for a target
+    that is uniform on [0, 1] when active (probability p) and 0 otherwise: E[t] = p / 2 and
+    E[t²] = p / 3, so a constant output costs at best I_i · (p/3 − p²/4) (identity: t = x; abs:
+    t = |x|). Ties in importance: any `exact` of them (the loss is the same)."""
+    rest = sorted(importance, reverse=True)[exact:]
+    return sum(rest) * (p / 3 - p**2 / 4) / len(importance)
