@@ -6,7 +6,7 @@ RunResults (or a Run: results, weights and loss record together, as load_run rea
 Formats:
 - 3 (written now): the keys of format 2, plus the evaluation's precision ("eval_method",
   "eval_loss_se", "restart_eval_loss_se", "near_best_restarts"), the baselines and the
-  statistics over restarts.
+  statistics over restarts ("restart_stats").
 - 2: the keys of format 1, plus "format": 2, "task_module" (the file of a task of your own, null
   for a built-in one) and "engine".
 - 1 (no "format" key): files written before the format was recorded; keys that came later get
@@ -76,6 +76,9 @@ class LevelResult:
     # restarts whose loss is within NEAR_BEST_SE standard errors of the kept one's (itself too)
     near_best_restarts: list[int] = field(default_factory=list)
     excluded_restarts: list[int] = field(default_factory=list)
+    # statistics over every restart, not only the kept one (analysis/restarts.py): "finite",
+    # "loss_quantiles", "within_1pct", "geometry" (name → restarts, of, kept); None before format 3
+    restart_stats: dict[str, Any] | None = None
     # scalars by name, an open set (analysis.metrics.level_metrics)
     metrics: dict[str, Scalar] = field(default_factory=dict)
     # per feature: its held-out loss over its loss when dropped (evaluate.py)
