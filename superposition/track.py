@@ -113,28 +113,51 @@ def scalar_metrics(level: LevelResult) -> dict[str, float | int | bool | None]:
     return {k: v for k, v in level.metrics.items() if v is None or isinstance(v, int | float)}
 
 
+def restart_values(level: LevelResult) -> dict[str, float | int | None]:
+    """The level's statistics over restarts as single numbers: restarts_within_1pct,
+    restart_loss_median and, per geometry, restarts_<name>: the share of finite restarts that
+    show it (None when none is finite); {} for results without them."""
+    stats = level.restart_stats
+    if not stats:
+        return {}
+    quantiles = stats.get("loss_quantiles") or {}
+    values = {
+        "restarts_within_1pct": stats.get("within_1pct"),
+        "restart_loss_median": quantiles.get("median"),
+    }
+    for name, entry in (stats.get("geometry") or {}).items():
+        values[f"restarts_{name}"] = entry["restarts"] / entry["of"] if entry["of"] else None
+    return values
+
+
 def level_table(results: RunResults) -> tuple[list[str], list[list]]:
-    """Columns and one row per level: feature_probability, best_restart, eval_loss, each metric."""
+    """Columns and one row per level: feature_probability, best_restart, eval_loss, each metric,
+    then the statistics over restarts (restart_values)."""
     names: list[str] = []
     for level in results.levels:
         names += [name for name in scalar_metrics(level) if name not in names]
-    columns = ["feature_probability", "best_restart", "eval_loss", *names]
+    restart_names: list[str] = []
+    for level in results.levels:
+        restart_names += [name for name in restart_values(level) if name not in restart_names]
+    columns = ["feature_probability", "best_restart", "eval_loss", *names, *restart_names]
     rows = []
     for level in results.levels:
-        metrics = scalar_metrics(level)
+        metrics, restarts = scalar_metrics(level), restart_values(level)
         rows.append(
             [level.feature_probability, level.best_restart, level.eval_loss]
             + [metrics.get(name) for name in names]
+            + [restarts.get(name) for name in restart_names]
         )
     return columns, rows
 
 
 def level_summary(results: RunResults) -> dict[str, float | int | bool]:
-    """'level/p=0.1/eval_loss' and 'level/p=0.1/<metric>' for every level; nulls left out."""
+    """'level/p=0.1/eval_loss', 'level/p=0.1/<metric>' and 'level/p=0.1/restarts_<...>'
+    (restart_values) for every level; nulls left out."""
     labels = level_labels([level.feature_probability for level in results.levels])
     summary = {}
     for label, level in zip(labels, results.levels, strict=True):
-        values = {"eval_loss": level.eval_loss, **scalar_metrics(level)}
+        values = {"eval_loss": level.eval_loss, **scalar_metrics(level), **restart_values(level)}
         for key, value in values.items():
             if value is not None:
                 summary[f"level/{label}/{key}"] = value

@@ -285,7 +285,7 @@ def _restarts_note(levels: Sequence[Level], name: str, meaning: str = "") -> lis
         f"{name}{f' ({meaning})' if meaning else ''} in "
         f"{parts[0].replace(' at ', ' restarts at ', 1)}"
         + "".join(f", {part}" for part in parts[1:])
-        + " (the checks judge the kept restart; the others tell whether the restarts suffice)"
+        + "; the checks judge the kept restart"
     ]
 
 
