@@ -5,7 +5,9 @@ weights.safetensors, the level axis first) and returns a Report: a list of Check
 expectation, what was measured and whether it holds; the run passes when every check does.
 write_report saves it as report.md and Report.summary() flattens it for the W&B summary. A level
 whose best_restart is null, or whose weights are not all finite, is skipped and named in the
-report's notes; a check that needs that very level fails and says why.
+report's notes; a check that needs that very level fails and says why. The checks judge the
+kept restart; where results.json holds statistics over restarts (analysis/restarts.py, decided by
+the shows_* predicates here), a note gives the share of restarts that show the judged geometry.
 
 The checks and their thresholds (the geometry, phase and neuron rules are geometry.py's):
 - intro_pentagon (identity 5 -> 2, paper "Demonstrating superposition"): at the densest level
