@@ -24,6 +24,7 @@ from superposition.analysis.geometry import (
     important_features,
 )
 from superposition.analysis.metrics import computes_signs, level_metrics, one_sign_features
+from superposition.analysis.restarts import restart_stats, shares_text
 from superposition.analysis.select import NEAR_BEST_SE, Selection, gather_best, select_best
 from superposition.analysis.verdicts import Report, judge, write_report
 from superposition.config import Config, ConfigError
@@ -122,9 +123,11 @@ def results_summary(
     loss_ratio: Annotated[Tensor, "level feature"],
     one_sign: list[list[int] | None],
     device: torch.device,
+    restarts: list[dict] | None = None,
 ) -> RunResults:
     """What results.json records of the run; NaN and ±inf already null (JSON has no spelling).
-    `kept`: the kept restarts' losses on fresh rows (evaluate_kept), the levels' eval_loss."""
+    `kept`: the kept restarts' losses on fresh rows (evaluate_kept), the levels' eval_loss.
+    restarts: each level's statistics over its restarts (analysis/restarts.py)."""
     levels = [
         level_result(
             config,
@@ -138,6 +141,8 @@ def results_summary(
         )
         for level in range(grid.n_levels)
     ]
+    for level, stats in zip(levels, restarts or [None] * len(levels), strict=True):
+        level.restart_stats = stats
     return RunResults(
         config_fingerprint=run_fingerprint,
         task=config.task.name,
@@ -427,6 +432,14 @@ def _analyse(
     best = gather_best(trained.params, selection, grid.restarts)
     kept = evaluate_kept(spec, best, grid, config.seed, rows, device, config.data)
     metrics = level_metrics(config.task.name, best, config.model.hidden_relu)
+    restarts = restart_stats(
+        config.task.name,
+        spec.shape,
+        bool(config.sweep.relative_importance),
+        trained.params,
+        selection.eval_loss,
+        selection.best_restart,
+    )
     loss_ratio = feature_loss_ratio(spec, best, grid, config.seed, rows, device, config.data)
     one_sign = one_sign_features(config.task.name, best)
     stop_point()
@@ -441,6 +454,7 @@ def _analyse(
         loss_ratio,
         one_sign,
         device,
+        restarts,
     )
     return results, best
 
@@ -506,6 +520,7 @@ SUMMARY_MAX_LEVELS = 12
 def print_summary(results: RunResults, out_dir: Path) -> None:
     if results.n_levels > SUMMARY_MAX_LEVELS:
         print(f"{results.n_levels} grid points: eval losses in {out_dir / RESULTS}")
+        print_restarts_compact(results.levels)
         print(f"results written to {out_dir}")
         return
     best = ", ".join(
@@ -522,6 +537,10 @@ def print_summary(results: RunResults, out_dir: Path) -> None:
             f"restarts within {NEAR_BEST_SE:g} standard errors of the kept one (the evaluation "
             f"cannot tell them apart): {'; '.join(ties)}"
         )
+    if any(level.restart_stats for level in results.levels):
+        print(f"restarts per level ({results.restarts} each):")
+        for level in results.levels:
+            print(f"  p={level.feature_probability:g}: {shares_text(level.restart_stats)}")
     if computes_signs(results.task):  # abs: which signs of x it computes
         print_abs_summary(results.levels, results.d_hidden)
     print(f"results written to {out_dir}")
@@ -533,6 +552,25 @@ def _loss_text(level: LevelResult) -> str:
     if level.eval_loss_se is None:
         return f"{level.eval_loss:.4g}"
     return f"{level.eval_loss:.4g} ± {level.eval_loss_se:.1g}"
+
+
+def print_restarts_compact(levels: list[LevelResult]) -> None:
+    """One line for many grid points: where only the kept restart reached its loss, and where
+    fewer than half of the restarts show a geometry the kept one shows."""
+    stats = [level.restart_stats for level in levels if level.restart_stats]
+    if not stats:
+        return
+    alone = sum(1 for s in stats if s["finite"] and s["within_1pct"] == 1)
+    rare = sum(
+        1
+        for s in stats
+        if any(g["kept"] and 2 * g["restarts"] < g["of"] for g in s["geometry"].values())
+    )
+    print(
+        f"restarts: at {alone} of {len(stats)} grid points only the kept restart is within 1 % of "
+        f"the best loss; at {rare} fewer than half of the restarts show the kept one's geometry "
+        "(levels[i].restart_stats)"
+    )
 
 
 def print_abs_summary(levels: list[LevelResult], d_hidden: int) -> None:

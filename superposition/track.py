@@ -130,36 +130,59 @@ def reference_values(level: LevelResult) -> dict[str, float]:
     return values
 
 
+def restart_values(level: LevelResult) -> dict[str, float | int | None]:
+    """The level's statistics over restarts as single numbers: restarts_within_1pct,
+    restart_loss_median and, per geometry, restarts_<name>: the share of finite restarts that
+    show it (None when none is finite); {} for results without them."""
+    stats = level.restart_stats
+    if not stats:
+        return {}
+    quantiles = stats.get("loss_quantiles") or {}
+    values = {
+        "restarts_within_1pct": stats.get("within_1pct"),
+        "restart_loss_median": quantiles.get("median"),
+    }
+    for name, entry in (stats.get("geometry") or {}).items():
+        values[f"restarts_{name}"] = entry["restarts"] / entry["of"] if entry["of"] else None
+    return values
+
+
+def level_values(level: LevelResult) -> dict[str, float | int | bool | None]:
+    """Every single number of a level: evaluation, references, metrics, restart statistics."""
+    return {
+        **evaluation_values(level),
+        **reference_values(level),
+        **scalar_metrics(level),
+        **restart_values(level),
+    }
+
+
 def level_table(results: RunResults) -> tuple[list[str], list[list]]:
     """Columns and one row per level: feature_probability, best_restart, eval_loss (± its
-    standard error), how many restarts are near the best (select.NEAR_BEST_SE), the reference
-    losses and ratios that any level has, each metric."""
-    evaluation = list(evaluation_values(results.levels[0]))
-    references: list[str] = []
-    names: list[str] = []
-    for level in results.levels:
-        references += [name for name in reference_values(level) if name not in references]
-        names += [name for name in scalar_metrics(level) if name not in names]
-    columns = ["feature_probability", "best_restart", *evaluation, *references, *names]
+    standard error), how many restarts are near the best (select.NEAR_BEST_SE), then the
+    reference losses and ratios, the metrics and the statistics over restarts that any level
+    has."""
+    names = list(evaluation_values(results.levels[0]))
+    for part in (reference_values, scalar_metrics, restart_values):
+        for level in results.levels:
+            names += [name for name in part(level) if name not in names]
+    columns = ["feature_probability", "best_restart", *names]
     rows = []
     for level in results.levels:
-        values = {**evaluation_values(level), **reference_values(level), **scalar_metrics(level)}
+        values = level_values(level)
         rows.append(
-            [level.feature_probability, level.best_restart]
-            + [values.get(name) for name in [*evaluation, *references, *names]]
+            [level.feature_probability, level.best_restart] + [values.get(n) for n in names]
         )
     return columns, rows
 
 
 def level_summary(results: RunResults) -> dict[str, float | int | bool]:
-    """'level/p=0.1/eval_loss' (and its standard error: evaluation_values),
-    'level/p=0.1/<reference or ratio>' (reference_values) and 'level/p=0.1/<metric>' for every
-    level; nulls left out."""
+    """'level/p=0.1/<name>' for every single number of every level (level_values); nulls left
+    out."""
     labels = level_labels([level.feature_probability for level in results.levels])
     summary = {}
     for label, level in zip(labels, results.levels, strict=True):
-        values = {**evaluation_values(level), **reference_values(level), **scalar_metrics(level)}
-        for key, value in values.items():
+        for key, value in level_values(level).items():
             if value is not None:
                 summary[f"level/{label}/{key}"] = value
     return summary

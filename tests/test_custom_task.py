@@ -105,7 +105,7 @@ def test_the_readme_example_trains_like_a_built_in_task(tmp_path):
         assert row["metrics"]["monosemantic_fraction"] is not None
 
     figures = sorted(path.name for path in (whole / "plots").glob("*.png"))
-    expected = ["dimensionality", "feature_loss", "loss", "neurons", "wtw"]
+    expected = ["dimensionality", "feature_loss", "loss", "neurons", "restarts", "wtw"]
     assert figures == [f"{name}.png" for name in expected]
     (run_dir,) = offline_runs(whole)
     run = read_offline_run(run_dir)

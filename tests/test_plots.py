@@ -142,6 +142,27 @@ def test_abs_draws_weights_and_three_rows_of_neurons(tmp_path):
     assert_png(paths["loss"], 1300, 475)
 
 
+def test_restarts_figure_when_results_hold_the_statistics_over_restarts(tmp_path):
+    out = write_run(tmp_path, "identity", 5, 2, probabilities=(1.0, 0.1, 0.01), nan_level=2)
+    results = json.loads((out / "results.json").read_text())
+    for level in results["levels"]:
+        finite = [v for v in level["restart_eval_losses"] if v is not None]
+        level["restart_stats"] = {
+            "finite": len(finite),
+            "loss_quantiles": None,  # the figure reads the losses themselves
+            "within_1pct": 1 if finite else 0,
+            "geometry": {
+                "pentagon": {"restarts": len(finite) - 1, "of": len(finite), "kept": True},
+                "orthogonal_pair": {"restarts": 0, "of": len(finite), "kept": False},
+            },
+        }
+    (out / "results.json").write_text(json.dumps(results))
+    paths = by_name(plots.draw_all(out))
+    assert list(paths) == ["features_2d", "wtw", "dimensionality", "loss", "restarts"]
+    # 1.5 in of margins + 1 in per level, at least MIN_WIDTH; the loss panel, two geometry rows
+    assert_png(paths["restarts"], 600, inches(1.0, 3.0, 0.5, 2 * 0.25, 0.5))
+
+
 def test_feature_loss_figure_when_results_hold_the_ratios(tmp_path):
     out = write_run(
         tmp_path, "abs", n_features=7, d_hidden=3, probabilities=(1.0, 0.3), feature_loss=True
@@ -297,10 +318,12 @@ def test_plot_cli_on_a_real_run(real_run, capsys):
         "dimensionality.png",
         "feature_loss.png",
         "loss.png",
+        "restarts.png",
     ]
     assert all(p.parent == real_run / "plots" for p in printed)
     assert_png(printed[0], 600, 325)
-    assert_png(printed[-1], 1300, 475)
+    assert_png(printed[-2], 1300, 475)
+    assert_png(printed[-1], 600, inches(1.0, 3.0, 0.5, 2 * 0.25, 0.5))
 
 
 def test_metrics_of_a_real_run_are_json(real_run):

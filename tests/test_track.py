@@ -188,13 +188,11 @@ def test_levels_table(tracked):
     evaluation = ["eval_loss", "eval_loss_se", "near_best_restarts"]
     # identity: the constant and dedicated reference losses, and the kept loss over each
     references = ["loss_constant", "loss_dedicated", "loss_ratio/constant", "loss_ratio/dedicated"]
-    assert table["columns"] == [
-        "feature_probability",
-        "best_restart",
-        *evaluation,
-        *references,
-        *metrics,
-    ]
+    # identity 5 -> 2: the pentagon and the orthogonal pair are the geometries counted
+    restarts = ["restarts_within_1pct", "restart_loss_median"]
+    restarts += ["restarts_pentagon", "restarts_orthogonal_pair"]
+    columns = ["feature_probability", "best_restart", *evaluation, *references, *metrics]
+    assert table["columns"] == [*columns, *restarts]
     assert len(table["data"]) == len(PROBABILITIES)
     for row, level in zip(table["data"], results.levels, strict=True):
         assert level.eval_loss_se > 0 and level.best_restart in level.near_best_restarts
@@ -203,7 +201,13 @@ def test_levels_table(tracked):
         expected += [level.loss_constant, level.loss_dedicated]
         expected += [level.eval_loss / level.loss_constant, level.eval_loss / level.loss_dedicated]
         expected += [level.metrics[name] for name in metrics]
+        stats = level.restart_stats
+        expected += [stats["within_1pct"], stats["loss_quantiles"]["median"]]
+        for name in ("pentagon", "orthogonal_pair"):
+            entry = stats["geometry"][name]
+            expected.append(entry["restarts"] / entry["of"])
         assert row == pytest.approx(expected, nan_ok=True)
+        assert 1 <= stats["within_1pct"] <= stats["finite"] == 2
 
 
 def test_summary_per_level(tracked):
@@ -222,6 +226,13 @@ def test_summary_per_level(tracked):
                 assert f"level/{label}/{name}" not in summary
             else:
                 assert summary[f"level/{label}/{name}"] == pytest.approx(value)
+        stats = level.restart_stats
+        assert summary[f"level/{label}/restarts_within_1pct"] == stats["within_1pct"]
+        median = stats["loss_quantiles"]["median"]
+        assert summary[f"level/{label}/restart_loss_median"] == pytest.approx(median)
+        entry = stats["geometry"]["pentagon"]
+        share = entry["restarts"] / entry["of"]
+        assert summary[f"level/{label}/restarts_pentagon"] == pytest.approx(share)
 
 
 def test_weights_artifact(tracked, job_dir):
@@ -481,6 +492,40 @@ def test_level_table_and_summary_keep_the_reference_losses_and_ratios():
             "level/p=0.1/loss_ratio/closed_form": 0.8,
         }
     )
+
+
+def test_level_table_and_summary_take_the_statistics_over_restarts():
+    stats = {
+        "finite": 4,
+        "loss_quantiles": {"min": 0.1, "q25": 0.2, "median": 0.25, "q75": 0.3, "max": 0.4},
+        "within_1pct": 1,
+        "geometry": {"pentagon": {"restarts": 3, "of": 4, "kept": True}},
+    }
+    none_finite = {
+        "finite": 0,
+        "loss_quantiles": None,
+        "within_1pct": 0,
+        "geometry": {"pentagon": {"restarts": 0, "of": 0, "kept": None}},
+    }
+    levels = [
+        LevelResult(
+            feature_probability=p, importance=[1.0], best_restart=0, eval_loss=0.1, restart_stats=s
+        )
+        for p, s in ((0.1, stats), (0.01, none_finite), (0.001, None))
+    ]
+    results = RunResults(
+        task="identity", n_features=1, d_hidden=1, restarts=4, steps=1, levels=levels
+    )
+    columns, rows = level_table(results)
+    assert columns[5:] == ["restarts_within_1pct", "restart_loss_median", "restarts_pentagon"]
+    assert [row[5:] for row in rows] == [[1, 0.25, 0.75], [0, None, None], [None, None, None]]
+    summary = level_summary(results)
+    assert {k: v for k, v in summary.items() if "restart" in k} == {
+        "level/p=0.1/restarts_within_1pct": 1,
+        "level/p=0.1/restart_loss_median": 0.25,
+        "level/p=0.1/restarts_pentagon": 0.75,
+        "level/p=0.01/restarts_within_1pct": 0,
+    }
 
 
 def test_plain_config():

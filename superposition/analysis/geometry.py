@@ -129,6 +129,14 @@ def regular_polygon(
     return Polygon(n, float(gaps.min()), float(gaps.max()), regular)
 
 
+POLYGON_NAMES = {3: "triangle", 4: "square", 5: "pentagon", 6: "hexagon", 8: "octagon"}
+
+
+def polygon_name(n: int) -> str:
+    """The name of a regular polygon with n corners: "pentagon" for 5, "7_gon" for 7."""
+    return POLYGON_NAMES.get(n, f"{n}_gon")
+
+
 def pair_angles(W: Annotated[Tensor, "hidden feature"]) -> Annotated[Tensor, "feature other"]:
     """Angle in degrees, in [0, 180], between every two feature directions; NaN for W_i = 0."""
     W = W.double()

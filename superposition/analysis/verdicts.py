@@ -5,7 +5,9 @@ weights.safetensors, the level axis first) and returns a Report: a list of Check
 expectation, what was measured and whether it holds; the run passes when every check does.
 write_report saves it as report.md and Report.summary() flattens it for the W&B summary. A level
 whose best_restart is null, or whose weights are not all finite, is skipped and named in the
-report's notes; a check that needs that very level fails and says why.
+report's notes; a check that needs that very level fails and says why. The checks judge the
+kept restart; where results.json holds statistics over restarts (analysis/restarts.py, decided by
+the shows_* predicates here), a note gives the share of restarts that show the judged geometry.
 
 The checks and their thresholds (the geometry, phase and neuron rules are geometry.py's):
 - intro_pentagon (identity 5 -> 2, paper "Demonstrating superposition"): at the densest level
@@ -123,6 +125,13 @@ ANTIPODAL_MAX_COS = -0.8
 ORTHOGONAL = "orthogonal"
 ANTIPODAL = "antipodal"
 
+# the geometries judged on one model (shows_*), by the names of analysis/restarts.py's shares
+# (the polygon's is geometry.polygon_name(n_features); a phase cell's, its class)
+ORTHOGONAL_PAIR = "orthogonal_pair"
+MONOSEMANTIC = "monosemantic"
+POLYSEMANTIC = "polysemantic"
+ANTIPODAL_PAIRS = "antipodal_pairs"
+
 # ------------------------------------------------------------------------------------ reports
 
 
@@ -203,6 +212,8 @@ class Level:
     importance: list[float] | None = None
     # the kept loss over each reference loss, by name (LevelResult.loss_ratios)
     loss_ratios: dict[str, float] = field(default_factory=dict)
+    # statistics over the level's restarts (results.json restart_stats), None when not recorded
+    restart_stats: dict | None = None
 
     @property
     def skipped(self) -> bool:
@@ -238,6 +249,7 @@ def levels_of(results: RunResults, weights: dict[str, Tensor]) -> list[Level]:
                 eval_loss=row.eval_loss,
                 importance=row.importance,
                 loss_ratios=row.loss_ratios if kept else {},
+                restart_stats=row.restart_stats,
             )
         )
     return levels
@@ -271,6 +283,27 @@ def _no_level(name: str, expected: str, what: str) -> Check:
     return Check(name, expected, f"no finite level {what}".rstrip(), False)
 
 
+def _restart_share(level: Level, name: str) -> dict | None:
+    """The level's {"restarts", "of", "kept"} for geometry `name`, None when not recorded."""
+    return ((level.restart_stats or {}).get("geometry") or {}).get(name)
+
+
+def _restarts_note(levels: Sequence[Level], name: str, meaning: str = "") -> list[str]:
+    """["pentagon (meaning) in 11 of 16 restarts at p = 0.1, 9 of 16 at p = 0.01 (...)"], or []
+    when the results hold no statistics over restarts for `name` at these levels."""
+    shares = [(lv, _restart_share(lv, name)) for lv in levels]
+    shares = [(lv, share) for lv, share in shares if share is not None]
+    if not shares:
+        return []
+    parts = [f"{share['restarts']} of {share['of']} at {lv.label}" for lv, share in shares]
+    return [
+        f"{name}{f' ({meaning})' if meaning else ''} in "
+        f"{parts[0].replace(' at ', ' restarts at ', 1)}"
+        + "".join(f", {part}" for part in parts[1:])
+        + "; the checks judge the kept restart"
+    ]
+
+
 # ----------------------------------------------------------------------------- intro pentagon
 
 
@@ -285,7 +318,18 @@ def _dense_orthogonal_pair(level: Level) -> Check:
         return Check(name, expected, f"{level.label}: {len(kept)} features represented", False)
     angle = geometry.pair_angle(level.W, *kept)
     measured = f"{level.label}: features {kept[0]} and {kept[1]} represented, {angle:.1f}° apart"
-    return Check(name, expected, measured, abs(angle - 90) <= tolerance, value=angle)
+    return Check(name, expected, measured, _orthogonal(angle), value=angle)
+
+
+def _orthogonal(angle_deg: float) -> bool:
+    return abs(angle_deg - 90) <= geometry.ORTHOGONAL_TOLERANCE_DEG
+
+
+def shows_orthogonal_pair(W: Annotated[Tensor, "hidden feature"]) -> bool:
+    """dense_orthogonal_pair's geometry on one model: exactly two features represented, 90° ±
+    ORTHOGONAL_TOLERANCE_DEG apart."""
+    kept = _represented(W)
+    return len(kept) == 2 and _orthogonal(geometry.pair_angle(W, *kept))
 
 
 def _polygon_text(level: Level, polygon: geometry.Polygon) -> str:
@@ -304,6 +348,16 @@ def _worst_gap_error(polygons: Sequence[geometry.Polygon], target_deg: float) ->
     return max(errors) if errors else None
 
 
+def _full_polygon(polygon: geometry.Polygon, n_features: int) -> bool:
+    return polygon.is_regular and polygon.n_represented == n_features
+
+
+def shows_polygon(W: Annotated[Tensor, "2 feature"]) -> bool:
+    """sparse_polygon's geometry on one model: every feature represented, at the corners of a
+    regular polygon (gaps 360° / n ± PENTAGON_TOLERANCE_DEG; the pentagon for 5 features)."""
+    return _full_polygon(geometry.regular_polygon(W, PENTAGON_TOLERANCE_DEG), W.shape[-1])
+
+
 def _sparse_polygon(levels: Sequence[Level], n_features: int) -> Check:
     name = "sparse_polygon"
     target = 360 / n_features
@@ -315,7 +369,7 @@ def _sparse_polygon(levels: Sequence[Level], n_features: int) -> Check:
     if not sparse:
         return _no_level(name, expected, f"with p ≤ {PENTAGON_MAX_PROBABILITY:g}")
     polygons = [geometry.regular_polygon(lv.W, PENTAGON_TOLERANCE_DEG) for lv in sparse]
-    passed = all(pg.is_regular and pg.n_represented == n_features for pg in polygons)
+    passed = all(_full_polygon(pg, n_features) for pg in polygons)
     measured = "; ".join(_polygon_text(lv, pg) for lv, pg in zip(sparse, polygons, strict=True))
     return Check(name, expected, measured, passed, value=_worst_gap_error(polygons, target))
 
@@ -328,7 +382,10 @@ def _judge_intro_pentagon(
         return [Check("hidden_plane", "d_hidden = 2", measured, False)], []
     checks = [_dense_orthogonal_pair(_densest(levels))]
     checks.append(_sparse_polygon(levels, results.n_features))
-    return checks, []
+    sparse = [lv for lv in levels if lv.p <= PENTAGON_MAX_PROBABILITY]
+    notes = _restarts_note([_densest(levels)], ORTHOGONAL_PAIR, "as dense_orthogonal_pair")
+    notes += _restarts_note(sparse, geometry.polygon_name(results.n_features), "as sparse_polygon")
+    return checks, notes
 
 
 # ------------------------------------------------------------------------------ phase diagram
@@ -451,7 +508,7 @@ def _judge_phase_diagram(results: RunResults, levels: list[Level]) -> tuple[list
     except ValueError as error:
         return [Check("phase_grid", "an r × p grid in results", str(error), False)], []
     checks = [_agreement_check(grid_agreement(cells))]
-    notes = _phase_notes(cells)
+    notes = _phase_notes(cells) + _phase_restarts_note(levels)
     if _has_closed_form(results):
         checks.append(_closed_form_check(results, levels))
     else:
@@ -460,6 +517,34 @@ def _judge_phase_diagram(results: RunResults, levels: list[Level]) -> tuple[list
             "check against the closed-form configurations applies to identity 2 → 1"
         )
     return checks, notes
+
+
+# cells named in the note on cells whose restarts mostly disagree with the kept class
+PHASE_NOTE_MAX_CELLS = 8
+
+
+def _phase_restarts_note(levels: Sequence[Level]) -> list[str]:
+    """How many cells' kept class is that of at least half of their restarts, and the others."""
+    shares = []
+    for lv in _kept(levels):
+        share = _restart_share(lv, _cell_class(lv))
+        if share is not None and share["of"]:
+            shares.append((lv, share))
+    if not shares:
+        return []
+    minority = [(lv, share) for lv, share in shares if 2 * share["restarts"] < share["of"]]
+    text = (
+        f"restarts: the kept class is that of at least half of the restarts in "
+        f"{len(shares) - len(minority)} of {len(shares)} cells"
+    )
+    if minority:
+        listed = "; ".join(
+            f"{lv.label}: {share['restarts']} of {share['of']}"
+            for lv, share in minority[:PHASE_NOTE_MAX_CELLS]
+        )
+        more = len(minority) - PHASE_NOTE_MAX_CELLS
+        text += f"; not in {listed}" + (f" and {more} more" if more > 0 else "")
+    return [text]
 
 
 # ----------------------------------------------------------------------------- dimensionality
@@ -586,6 +671,23 @@ def _fractions_note(levels: Sequence[Level]) -> str:
     return f"monosemantic fraction per level: {text}"
 
 
+def monosemantic_bounds(task: str) -> tuple[float, float]:
+    """(dense minimum, sparse maximum) of the monosemantic fraction that the presets judge on
+    this task's neurons: neuron_computation's for a task that computes |x| by sign (abs);
+    privileged_basis's dense minimum otherwise, with neuron_computation's sparse maximum
+    (privileged_basis compares its sparsest level with its densest, no fixed bound)."""
+    if metrics.computes_signs(task):
+        return NEURON_DENSE_MIN, NEURON_SPARSE_MAX
+    return PRIVILEGED_DENSE_MIN, NEURON_SPARSE_MAX
+
+
+def _monosemantic_restarts_notes(task: str, levels: Sequence[Level]) -> list[str]:
+    """The restarts with a monosemantic densest level and a polysemantic sparsest one."""
+    dense_min, sparse_max = monosemantic_bounds(task)
+    dense = _restarts_note([_densest(levels)], MONOSEMANTIC, f"fraction ≥ {dense_min:g}")
+    return dense + _restarts_note([_sparsest(levels)], POLYSEMANTIC, f"fraction ≤ {sparse_max:g}")
+
+
 def _judge_privileged_basis(
     results: RunResults, levels: list[Level]
 ) -> tuple[list[Check], list[str]]:
@@ -602,7 +704,8 @@ def _judge_privileged_basis(
         ),
         _fraction_check("sparse_polysemantic", sparse, f"< densest level's ({dense_text})", below),
     ]
-    return checks, [_fractions_note(levels)]
+    notes = [_fractions_note(levels), *_monosemantic_restarts_notes(results.task, levels)]
+    return checks, notes
 
 
 def _one_sign_top(level: Level, top: int) -> list[int]:
@@ -675,7 +778,7 @@ def _judge_neuron_computation(
         _both_signs_check(levels),
         _loss_check(levels),
     ]
-    return checks, [_fractions_note(levels)]
+    return checks, [_fractions_note(levels)] + _monosemantic_restarts_notes(results.task, levels)
 
 
 # ------------------------------------------------------------------------------ neuron motifs
@@ -685,6 +788,18 @@ def _antipodal_text(level: Level, features: list[int]) -> str:
     n_represented = len(_represented(level.W))
     listed = ", ".join(map(str, features)) or "none"
     return f"{level.label}: {len(features)} of {n_represented} represented features ({listed})"
+
+
+def _enough_antipodal(count: int) -> bool:
+    return count >= ANTIPODAL_MIN_FEATURES
+
+
+def shows_antipodal_pairs(
+    W1: Annotated[Tensor, "hidden feature"], W2: Annotated[Tensor, "feature hidden"]
+) -> bool:
+    """antipodal_neuron_pairs' geometry on one model: at least ANTIPODAL_MIN_FEATURES features
+    computed by an antipodal neuron pair."""
+    return _enough_antipodal(int(geometry.antipodal_neuron_pairs(W1, W2).sum()))
 
 
 def _judge_antipodal_neurons(
@@ -701,8 +816,10 @@ def _judge_antipodal_neurons(
     ]
     counts = [len(features) for features in found]
     measured = "; ".join(_antipodal_text(lv, f) for lv, f in zip(kept, found, strict=True))
-    passed = min(counts) >= ANTIPODAL_MIN_FEATURES
-    return [Check(name, expected, measured, passed, value=min(counts))], []
+    passed = _enough_antipodal(min(counts))
+    meaning = f"≥ {ANTIPODAL_MIN_FEATURES} features by an antipodal pair"
+    notes = _restarts_note(levels, ANTIPODAL_PAIRS, meaning)
+    return [Check(name, expected, measured, passed, value=min(counts))], notes
 
 
 def _motif_text(motif: tuple[int, int, int, float]) -> str:

@@ -20,6 +20,10 @@ point.
   level; abs bars coloured by the signs of |x| the model computes for the feature.
 - loss.png: training loss per level (best restart, min–max band over restarts) and the held-out
   loss of every restart with the selected one starred; the first panel needs history.safetensors.
+- restarts.png (results with restart_stats): every finite restart's held-out loss over its
+  level's best, minus 1 (log axis; the best on the bottom line, the kept one starred), the count
+  within 1 % above each level; below, per geometry (analysis/restarts.py) the restarts that show
+  it. A phase sweep gets none (its many cells: results.json).
 """
 
 from __future__ import annotations
@@ -658,6 +662,167 @@ def loss_figure(run: Run) -> Figure:
     return fig
 
 
+RESTARTS_WIDTH_PER_LEVEL = 1.0  # inches per level of restarts.png
+RESTARTS_LOSS_HEIGHT = 3.0  # its loss panel
+RESTARTS_ROW = 0.25  # each geometry's row under it
+RESTARTS_FLOOR = 1e-6  # where a loss equal to the best sits at least (log axis)
+
+
+def _restart_excess(level) -> tuple[np.ndarray, np.ndarray]:
+    """(restart index, loss / best − 1) of the level's finite restarts."""
+    values = level.restart_eval_losses or []
+    losses = np.array([np.nan if v is None else v for v in values], dtype=float)
+    ok = np.flatnonzero(np.isfinite(losses) & (losses > 0))
+    if ok.size == 0:
+        return ok, np.zeros(0)
+    return ok, losses[ok] / losses[ok].min() - 1
+
+
+def _restart_floor(excess: list[np.ndarray]) -> float:
+    """The y of the best restart: a decade below the smallest positive excess (at most 1e-3)."""
+    positive = [float(e[e > 0].min()) for e in excess if (e > 0).any()]
+    smallest = min([1e-2, *positive])
+    return max(RESTARTS_FLOOR, 10 ** (np.floor(np.log10(smallest)) - 1))
+
+
+def _geometry_rows(run: Run) -> list[str]:
+    names: list[str] = []
+    for level in run.levels:
+        names += [n for n in (level.restart_stats or {}).get("geometry", {}) if n not in names]
+    return names
+
+
+def _restart_loss_panel(ax, run: Run, colors: np.ndarray) -> None:
+    found = [_restart_excess(level) for level in run.levels]
+    floor = _restart_floor([excess for _, excess in found])
+    restarts = run.results.restarts
+    offsets = np.linspace(-0.3, 0.3, restarts) if restarts > 1 else np.zeros(1)
+    marked = False
+    for index, (level, (which, excess)) in enumerate(zip(run.levels, found, strict=True)):
+        stats = level.restart_stats or {}
+        if which.size == 0:
+            ax.annotate(
+                "no finite restart",
+                (index, 0.5),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                fontsize=6,
+                color="0.3",
+            )
+            continue
+        y = np.maximum(excess, floor)
+        ax.scatter(index + offsets[which], y, color=colors[index], s=16, alpha=0.8, linewidths=0)
+        kept = level.best_restart
+        if kept is not None and kept in which:
+            k = int(np.flatnonzero(which == kept)[0])
+            ax.scatter(
+                index + offsets[kept],
+                y[k],
+                marker="*",
+                s=120,
+                color="red",
+                edgecolors="black",
+                linewidths=0.5,
+                zorder=3,
+                label=None if marked else "kept (lowest held-out loss)",
+            )
+            marked = True
+        within = stats.get("within_1pct", int((excess <= 0.01).sum()))
+        ax.annotate(
+            f"{within}/{which.size}",
+            (index, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.axhline(0.01, color="0.4", linestyle="--", linewidth=0.8, label="1 % above the best")
+    ax.axhspan(floor / 2, 0.01, color="0.92", zorder=0, linewidth=0)
+    ax.set_yscale("log")
+    top = max([0.1, *[2 * float(e.max()) for _, e in found if e.size]])
+    ax.set_ylim(floor / 2, top)
+    ticks = [t for t in 10.0 ** np.arange(np.ceil(np.log10(floor)) + 1, np.log10(top) + 1)]
+    ax.set_yticks([floor, *ticks], labels=["best", *[f"{t:g}" for t in ticks]])
+    ax.minorticks_off()
+    ax.set_xlim(-0.6, run.n_levels - 0.4)
+    ax.set_xticks(range(run.n_levels), labels=[f"{p:g}" for p in probabilities(run)])
+    ax.set_ylabel("held-out loss / best − 1")
+    ax.set_title(
+        "every restart's loss over its level's best; above each level: restarts "
+        "within 1 % of the best",
+        pad=12,
+    )
+    if marked:
+        ax.figure.legend(loc="upper right", frameon=False, fontsize=7)
+
+
+def _geometry_panel(ax, run: Run, names: list[str]) -> None:
+    """Per geometry (row) and level (column): the share of finite restarts that show it, the
+    count written in, bold where the kept restart shows it."""
+    share = np.full((len(names), run.n_levels), np.nan)
+    for col, level in enumerate(run.levels):
+        for row, name in enumerate(names):
+            entry = ((level.restart_stats or {}).get("geometry") or {}).get(name)
+            if entry is None:
+                continue
+            if entry["of"]:
+                share[row, col] = entry["restarts"] / entry["of"]
+            ax.text(
+                col,
+                row,
+                f"{entry['restarts']}/{entry['of']}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                fontweight="bold" if entry["kept"] else "normal",
+                color="white" if entry["of"] and share[row, col] > 0.6 else "black",
+            )
+    ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_yticks(range(len(names)), labels=names)
+    ax.set_xticks(range(run.n_levels), labels=[f"{p:g}" for p in probabilities(run)])
+    ax.set_xlim(-0.6, run.n_levels - 0.4)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel(
+        "feature probability p   (geometry: restarts showing it; bold: the kept one does)"
+    )
+
+
+def restarts_figure(run: Run) -> Figure:
+    """Every finite restart's held-out loss relative to its level's best, the kept one starred
+    and the count within 1 % written above; below, per geometry the restarts that show it."""
+    names = _geometry_rows(run)
+    rows = len(names) * RESTARTS_ROW
+    gap = 0.5 if names else 0.0
+    margins = Margins(left=1.25, right=0.25, top=1.0, bottom=0.5)
+    width = max(MIN_WIDTH, margins.left + margins.right + RESTARTS_WIDTH_PER_LEVEL * run.n_levels)
+    height = margins.top + RESTARTS_LOSS_HEIGHT + gap + rows + margins.bottom
+    fig = new_figure(width, height)
+    box_w = (width - margins.left - margins.right) / width
+    loss_ax = fig.add_axes(
+        (
+            margins.left / width,
+            (margins.bottom + rows + gap) / height,
+            box_w,
+            RESTARTS_LOSS_HEIGHT / height,
+        )
+    )
+    _restart_loss_panel(loss_ax, run, _level_colors(run.n_levels))
+    if names:
+        loss_ax.set_xticklabels([])
+        geometry_ax = fig.add_axes(
+            (margins.left / width, margins.bottom / height, box_w, rows / height)
+        )
+        _geometry_panel(geometry_ax, run, names)
+    else:
+        loss_ax.set_xlabel("feature probability p")
+    suptitle(fig, _header(run, f"restarts ({run.results.restarts} per level)"))
+    return fig
+
+
 # ------------------------------------------------------------------------------------- drawing
 
 
@@ -682,6 +847,8 @@ def figure_makers(run: Run) -> dict[str, Callable[[Run], Figure]]:
     if all(level.feature_loss_ratio is not None for level in run.levels):
         makers["feature_loss"] = feature_loss_figure
     makers["loss"] = loss_figure
+    if all(level.restart_stats is not None for level in run.levels):
+        makers["restarts"] = restarts_figure
     return {name: make for name, make in makers.items() if name in wanted}
 
 

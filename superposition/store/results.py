@@ -9,7 +9,7 @@ Formats:
   ("loss_constant", "loss_dedicated", "loss_closed_form", "loss_closed_form_configs" and the
   kept loss over each, "loss_ratios", in place of format 2's "baselines": {"constant",
   "no_superposition"}, read into loss_constant and loss_dedicated) and the statistics over
-  restarts.
+  restarts ("restart_stats").
 - 2: the keys of format 1, plus "format": 2, "task_module" (the file of a task of your own, null
   for a built-in one) and "engine".
 - 1 (no "format" key): files written before the format was recorded; keys that came later get
@@ -79,6 +79,9 @@ class LevelResult:
     # restarts whose loss is within NEAR_BEST_SE standard errors of the kept one's (itself too)
     near_best_restarts: list[int] = field(default_factory=list)
     excluded_restarts: list[int] = field(default_factory=list)
+    # statistics over every restart, not only the kept one (analysis/restarts.py): "finite",
+    # "loss_quantiles", "within_1pct", "geometry" (name → restarts, of, kept); None before format 3
+    restart_stats: dict[str, Any] | None = None
     # scalars by name, an open set (analysis.metrics.level_metrics)
     metrics: dict[str, Scalar] = field(default_factory=dict)
     # per feature: its held-out loss over its loss when dropped (evaluate.py)

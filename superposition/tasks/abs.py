@@ -65,7 +65,15 @@ ABS = register(
         # the course's stacked tensors read the fan-in as d_hidden · n_features (README)
         default_init="course",
         privileged_basis=lambda shape: True,
-        figures=("features_2d", "wtw", "neurons", "dimensionality", "feature_loss", "loss"),
+        figures=(
+            "features_2d",
+            "wtw",
+            "neurons",
+            "dimensionality",
+            "feature_loss",
+            "loss",
+            "restarts",
+        ),
         metrics=("neurons", "signs"),
         fast_path=lambda shape: EncoderDecoder(tied=False, hidden_relu=True, abs_target=True),
         baselines=baselines,

@@ -70,7 +70,15 @@ IDENTITY = register(
         default_init="per_instance",
         privileged_basis=lambda shape: shape.hidden_relu,
         hidden_relu_option=True,
-        figures=("features_2d", "wtw", "neurons", "dimensionality", "feature_loss", "loss"),
+        figures=(
+            "features_2d",
+            "wtw",
+            "neurons",
+            "dimensionality",
+            "feature_loss",
+            "loss",
+            "restarts",
+        ),
         metrics=("neurons",),
         fast_path=lambda shape: EncoderDecoder(
             tied=True, hidden_relu=shape.hidden_relu, abs_target=False

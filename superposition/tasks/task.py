@@ -18,7 +18,7 @@ from torch import Tensor
 INITS = ("kaiming_uniform", "xavier_normal", "zeros")
 # figures of figures/run_figures.py a task may ask for (features_2d needs d_hidden = 2, the phase
 # diagram replaces the per-level figures of a relative-importance sweep)
-FIGURES = ("features_2d", "wtw", "neurons", "dimensionality", "feature_loss", "loss")
+FIGURES = ("features_2d", "wtw", "neurons", "dimensionality", "feature_loss", "loss", "restarts")
 # metric groups of analysis/metrics.py a task may ask for beyond the geometry of its feature
 # directions (every task gets that): the monosemantic fraction of its neurons (where
 # privileged_basis holds), and which signs of x the abs architecture computes of |x|
