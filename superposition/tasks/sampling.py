@@ -181,12 +181,16 @@ def active_count_distribution(
 
 
 class AtLeastTwoActiveSampler:
-    """Rows of independent features conditioned on two or more being active: the count K from
-    Binomial(n_features, p) given K >= 2, then K distinct features chosen uniformly (the K
-    smallest of one uniform per feature, ties broken by position), each with its magnitude.
+    """Rows of independent features conditioned on two or more being active, drawn exactly and
+    without rejection from one uniform per feature and two per row.
 
-    Entries come from two blocks of one counter-based stream, so rows at `row_offset` onwards
-    are fresh rows, independent of the rows before them.
+    Read a row in feature order: the second active feature is at position b with probability
+    p² (1 − p)^(b − 1) for each of the b positions a < b of the first (features before b other
+    than a inactive), so given K >= 2, b has probability ∝ b (1 − p)^(b − 1) and a is uniform
+    below it. Features after b are independent as ever: active when u < p, magnitude u / p. The
+    uniforms of a and b are their magnitudes.
+
+    Rows at `row_offset` onwards are fresh rows, independent of the rows before them.
     """
 
     def __init__(
@@ -202,20 +206,25 @@ class AtLeastTwoActiveSampler:
         if features.pair_width:
             raise ValueError("feature pairs are not independent: sample them with BatchSampler")
         keys = rng.instance_keys(seed, EVAL_AT_LEAST_TWO_STREAM, instances)
-        # one uniform per feature (which are active) and one per row (how many): column F
-        self.uniforms = rng.UniformStream(keys, rows, n_features + 1, row_offset)
-        tail = active_count_distribution(probability, n_features)[:, 2:]
-        self.count_cdf = (tail.cumsum(dim=1) / tail.sum(dim=1, keepdim=True)).contiguous()
+        # one uniform per feature, then one for b and one for a
+        self.uniforms = rng.UniformStream(keys, rows, n_features + 2, row_offset)
+        position = torch.arange(1, n_features, dtype=torch.float64, device=probability.device)
+        p = probability.double().view(-1, 1)
+        weight = position * (1 - p).pow(position - 1)  # b = 1 .. F-1; 0⁰ = 1 at p = 1
+        self.second_cdf = (weight.cumsum(dim=1) / weight.sum(dim=1, keepdim=True)).contiguous()
+        self.probability = probability.view(-1, 1, 1)
         self.features = features
         self.n_features = n_features
 
     def __call__(self) -> Annotated[Tensor, "instance batch feature"]:
         f = self.n_features
         u = self.uniforms.block(0)
-        count = 2 + torch.searchsorted(self.count_cdf, u[..., f].double().contiguous())
-        count = count.clamp_max(f)
-        order = u[..., :f].argsort(dim=-1, stable=True)
-        first_k = torch.arange(f, device=u.device) < count.unsqueeze(-1)
-        active = torch.zeros_like(first_k).scatter_(-1, order, first_k)
-        magnitude = self.features.magnitude_(self.uniforms.block(1)[..., :f])
-        return torch.where(active, magnitude, 0.0)
+        second = 1 + torch.searchsorted(self.second_cdf, u[..., f].double().contiguous())
+        second = second.clamp_max(f - 1).unsqueeze(-1)
+        first = (u[..., f + 1 : f + 2] * second).long().clamp_max(second - 1)
+        u = u[..., :f]
+        position = torch.arange(f, device=u.device)
+        later = (position > second) & (u < self.probability)
+        x = torch.where(later, self.features.magnitude(u / self.probability), 0.0)
+        chosen = (position == second) | (position == first)
+        return torch.where(chosen, self.features.magnitude(u), x)
