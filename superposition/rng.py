@@ -10,6 +10,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# every random stream of the package by its id (instance_keys' `stream`), in one place so that no
+# two uses share one; the initial weights use INIT_STREAM · 1000 + the parameter's own stream
+TRAIN_STREAM = 1  # training batches (tasks/sampling.py, engine/batches.py)
+EVAL_STREAM = 2  # held-out rows, plain (analysis/evaluate.py)
+INIT_STREAM = 3  # initial weights (tasks/model.py)
+GAP_STREAM = 4  # the sparse training sampler's gaps between active entries (engine/batches.py)
+MAGNITUDE_STREAM = 5  # ... and their magnitudes
+EVAL_AT_LEAST_TWO_STREAM = 6  # held-out rows given two or more active features (tasks/sampling.py)
+STREAMS = (
+    TRAIN_STREAM,
+    EVAL_STREAM,
+    INIT_STREAM,
+    GAP_STREAM,
+    MAGNITUDE_STREAM,
+    EVAL_AT_LEAST_TWO_STREAM,
+)
+
 _M1 = 0x7FEB352D
 _M2 = 0x846CA68B
 _MASK32 = 0xFFFFFFFF

@@ -22,9 +22,9 @@ from superposition.engine.batches import (
 )
 from superposition.engine.train import train_grid
 from superposition.grid import sparsity_grid
+from superposition.rng import EVAL_STREAM
 from superposition.tasks.model import ModelSpec, forward, loss_per_instance, target_of
 from superposition.tasks.sampling import (
-    EVAL_STREAM,
     BatchSampler,
     features_with_pairs,
     pair_features,

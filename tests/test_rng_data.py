@@ -89,3 +89,10 @@ def test_sampler_marginals_match_the_course_distribution(task):
     # all-zero rows at p = 0.05 and 8 features happen with probability 0.95**8
     empty = (~active[2]).all(dim=1).float().mean().item()
     assert abs(empty - 0.95**8) < 0.01
+
+
+def test_every_random_stream_has_its_own_id():
+    """Two uses of one stream id would draw correlated numbers (the held-out rows once shared
+    the sparse training sampler's id); the initial weights take ids from INIT_STREAM · 1000 on."""
+    assert len(set(rng.STREAMS)) == len(rng.STREAMS)
+    assert max(rng.STREAMS) < rng.INIT_STREAM * 1000

@@ -263,6 +263,8 @@ def test_the_closed_form_check_needs_the_references_and_states_the_ratios():
 def test_the_3_to_2_phase_diagram_has_no_closed_form_check():
     results, weights = phase_run()
     results.n_features, results.d_hidden = 3, 2
+    for level in results.levels:  # a 3 -> 2 job records no closed form (job.level_references)
+        level.loss_closed_form = level.loss_closed_form_configs = None
     report = verdicts.judge("phase_diagram", results, weights)
     assert [c.name for c in report.checks] == ["phase_agreement"]
     assert any(note.startswith("no closed form for the 3 → 2 model") for note in report.notes)

@@ -28,9 +28,9 @@ from torch import Tensor
 from superposition.analysis import strata
 from superposition.config import DataConfig
 from superposition.grid import InstanceGrid
+from superposition.rng import EVAL_STREAM
 from superposition.tasks.model import ModelSpec, forward, target_of
 from superposition.tasks.sampling import (
-    EVAL_STREAM,
     AtLeastTwoActiveSampler,
     BatchSampler,
     FeatureDistribution,

@@ -461,9 +461,9 @@ def _phase_notes(cells: PhaseCells) -> list[str]:
 
 
 def _has_closed_form(results: RunResults) -> bool:
-    """The shape whose configurations tasks/identity.py closed_forms knows: identity 2 -> 1."""
-    shape = (results.task, results.n_features, results.d_hidden, results.hidden_relu)
-    return shape == ("identity", 2, 1, False)
+    """Whether the job recorded closed-form configurations (job.level_references: identity
+    2 -> 1 with independent features)."""
+    return any(level.loss_closed_form is not None for level in results.levels)
 
 
 def _closed_form_check(results: RunResults, levels: Sequence[Level]) -> Check:
@@ -514,7 +514,8 @@ def _judge_phase_diagram(results: RunResults, levels: list[Level]) -> tuple[list
     else:
         notes.append(
             f"no closed form for the {results.n_features} → {results.d_hidden} model: the "
-            "check against the closed-form configurations applies to identity 2 → 1"
+            "check against the closed-form configurations applies to identity 2 → 1 with "
+            "independent features"
         )
     return checks, notes
 

@@ -33,10 +33,9 @@ import torch
 from torch import Tensor
 
 from superposition import rng
-from superposition.tasks.sampling import TRAIN_STREAM, FeatureDistribution, pair_features
+from superposition.rng import TRAIN_STREAM
+from superposition.tasks.sampling import FeatureDistribution, pair_features
 
-GAP_STREAM = 4
-MAGNITUDE_STREAM = 5
 # A level is sampled sparsely when its expected active entries are at most this share of the batch.
 SPARSE_MAX_DENSITY = 0.2
 CAPACITY_SIGMAS = 10.0
@@ -195,7 +194,7 @@ class SparseDraws:
         keys = torch.stack(
             [
                 rng.instance_keys(seed, stream, instances)
-                for stream in (GAP_STREAM, MAGNITUDE_STREAM)
+                for stream in (rng.GAP_STREAM, rng.MAGNITUDE_STREAM)
             ]
         )
         # a key per (stream, slot), hashed once; a step hashes it with the step's key

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from superposition import tasks
 from superposition.analysis import metrics
+from superposition.analysis.restarts import NEAR_BEST
 from superposition.analysis.verdicts import classify_phase_cells
 from superposition.figures.phase_figure import phase_figure
 from superposition.figures.style import (
@@ -727,7 +728,7 @@ def _restart_loss_panel(ax, run: Run, colors: np.ndarray) -> None:
                 label=None if marked else "kept (lowest held-out loss)",
             )
             marked = True
-        within = stats.get("within_1pct", int((excess <= 0.01).sum()))
+        within = stats.get("within_1pct", int((excess <= NEAR_BEST).sum()))
         ax.annotate(
             f"{within}/{which.size}",
             (index, 1.0),
@@ -738,8 +739,8 @@ def _restart_loss_panel(ax, run: Run, colors: np.ndarray) -> None:
             va="bottom",
             fontsize=7,
         )
-    ax.axhline(0.01, color="0.4", linestyle="--", linewidth=0.8, label="1 % above the best")
-    ax.axhspan(floor / 2, 0.01, color="0.92", zorder=0, linewidth=0)
+    ax.axhline(NEAR_BEST, color="0.4", linestyle="--", linewidth=0.8, label="1 % above the best")
+    ax.axhspan(floor / 2, NEAR_BEST, color="0.92", zorder=0, linewidth=0)
     ax.set_yscale("log")
     top = max([0.1, *[2 * float(e.max()) for _, e in found if e.size]])
     ax.set_ylim(floor / 2, top)

@@ -18,8 +18,6 @@ from superposition import rng, tasks
 from superposition.config import InitScheme
 from superposition.tasks.task import Shape, Task
 
-INIT_STREAM = 3
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -88,7 +86,7 @@ def init_scales(spec: ModelSpec) -> dict[str, InitScale]:
 def _init_uniform(
     seed: int, stream: int, instances: Annotated[Tensor, "instance"], rows: int, cols: int
 ) -> Annotated[Tensor, "instance rows cols"]:
-    keys = rng.instance_keys(seed, INIT_STREAM * 1000 + stream, instances)
+    keys = rng.instance_keys(seed, rng.INIT_STREAM * 1000 + stream, instances)
     return rng.UniformStream(keys, rows, cols).block(0)
 
 

@@ -20,12 +20,8 @@ from torch import Tensor
 
 from superposition import rng
 from superposition.config import DataConfig
+from superposition.rng import EVAL_AT_LEAST_TWO_STREAM, TRAIN_STREAM
 from superposition.tasks.task import Task
-
-TRAIN_STREAM = 1
-EVAL_STREAM = 2
-# held-out rows with two or more active features (the sampled stratum of analysis/evaluate.py)
-EVAL_AT_LEAST_TWO_STREAM = 4
 
 
 @dataclass(frozen=True)
