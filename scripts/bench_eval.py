@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from superposition.analysis.evaluate import MONTE_CARLO, _monte_carlo, evaluate_instances
+from superposition.analysis.evaluate import MONTE_CARLO, Chunk, _monte_carlo, evaluate_instances
 from superposition.config import DataConfig
 from superposition.store.results import Run, load_run
 from superposition.tasks.model import ModelSpec, forward, target_of
@@ -137,7 +137,8 @@ def equal_time(run_dir: Path, run: Run, rows: int, repeats: int) -> list[dict]:
         return evaluate_instances(spec, params, levels, probability, importance, 0, rows, CPU, data)
 
     def plain():
-        return _monte_carlo(spec, params, levels, probability, importance, 0, rows, data, 0)
+        chunk = Chunk(params, levels, probability, importance)
+        return _monte_carlo(spec, chunk, 0, rows, data, 0)
 
     estimator(), plain()  # warm-up
     times: dict[str, list[float]] = {"estimator": [], "plain": []}

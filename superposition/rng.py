@@ -18,6 +18,7 @@ INIT_STREAM = 3  # initial weights (tasks/model.py)
 GAP_STREAM = 4  # the sparse training sampler's gaps between active entries (engine/batches.py)
 MAGNITUDE_STREAM = 5  # ... and their magnitudes
 EVAL_AT_LEAST_TWO_STREAM = 6  # held-out rows given two or more active features (tasks/sampling.py)
+EVAL_PILOT_STREAM = 7  # ... the few rows per stratum that decide how many each gets
 STREAMS = (
     TRAIN_STREAM,
     EVAL_STREAM,
@@ -25,6 +26,7 @@ STREAMS = (
     GAP_STREAM,
     MAGNITUDE_STREAM,
     EVAL_AT_LEAST_TWO_STREAM,
+    EVAL_PILOT_STREAM,
 )
 
 _M1 = 0x7FEB352D

@@ -23,6 +23,7 @@ from superposition.tasks.model import ModelSpec, forward, loss_per_instance, tar
 from superposition.tasks.sampling import (
     AtLeastTwoActiveSampler,
     FeatureDistribution,
+    SecondActiveStrata,
     active_count_distribution,
 )
 
@@ -99,28 +100,82 @@ def test_the_active_counts_are_binomial_and_their_tail_keeps_its_digits():
     assert counts[2, 2:].sum().item() == pytest.approx(9.98003e-6, rel=1e-5)
 
 
-def test_rows_given_two_or_more_active_follow_their_conditional_distribution():
-    f, p, rows = 6, 0.2, 200_000
+@pytest.mark.parametrize("kind", ["pairs", "second", "one"])
+def test_rows_given_two_or_more_active_follow_their_conditional_distribution(kind):
+    """Rows drawn stratum by stratum in proportion to the strata's probabilities (every kind of
+    SecondActiveStrata) against the exact conditional distribution of K ≥ 2 independent
+    features: the count of active features, each feature's and each pair's activity."""
+    f, p, rows = 5, 0.2, 200_000
     features = FeatureDistribution((-1.0, 1.0))
-    x = AtLeastTwoActiveSampler(features, 0, torch.tensor([0]), torch.tensor([p]), rows, f)()[0]
-    active = x != 0
-    k = active.sum(dim=1)
-    assert k.min() >= 2
-    tail = active_count_distribution(torch.tensor([p]), f)[0, 2:]
-    expected = (tail / tail.sum()).float()
-    observed = torch.bincount(k, minlength=f + 1)[2:].float() / rows
-    se = (expected * (1 - expected) / rows).sqrt()
-    assert ((observed - expected).abs() <= 4 * se + 1e-6).all()
-    # every feature equally likely to be among the active ones, magnitudes uniform on (-1, 1]
-    share = active.float().mean(dim=0)
-    assert (share - share.mean()).abs().max() < 4 * (share.mean() / rows).sqrt()
-    values = x[active]
+    sampled = SecondActiveStrata(f, kind)
+    weights = sampled.weights(torch.tensor([p]))[0]
+    assert weights.sum().item() == pytest.approx(1.0)
+    counts = (weights * rows).round().long()
+    stratum = torch.repeat_interleave(torch.arange(sampled.n_strata), counts).unsqueeze(0)
+    x = AtLeastTwoActiveSampler(
+        features, 0, torch.tensor([0]), torch.tensor([p]), sampled, stratum
+    )()
+    active = x[0] != 0
+    n = active.shape[0]
+    # the exact distribution: every one of the 2^f activity patterns with ≥ 2 active
+    patterns = torch.tensor(
+        [[(m >> i) & 1 for i in range(f)] for m in range(2**f) if bin(m).count("1") >= 2]
+    ).bool()
+    k = patterns.sum(dim=1).double()
+    probability = p**k * (1 - p) ** (f - k)
+    probability /= probability.sum()
+
+    def close(observed, expected):
+        se = (expected * (1 - expected) / n).sqrt()
+        assert ((observed - expected).abs() <= 4 * se + 1e-6).all(), (observed, expected)
+
+    counted = active.sum(dim=1)
+    for count in range(2, f + 1):
+        close(
+            torch.tensor([(counted == count).double().mean()]),
+            probability[k == count].sum().view(1),
+        )
+    close(active.double().mean(dim=0), (probability.unsqueeze(1) * patterns).sum(dim=0))
+    both = (active[:, :, None] & active[:, None, :]).double().mean(dim=0)
+    pair = patterns[:, :, None] & patterns[:, None, :]
+    close(both.flatten(), (probability.view(-1, 1, 1) * pair).sum(dim=0).flatten())
+    values = x[0][active]
     assert values.min() > -1 and values.max() <= 1
     assert abs(values.mean().item()) < 4 / math.sqrt(3 * values.numel())
-    # rows from an offset are fresh rows
-    again = AtLeastTwoActiveSampler(features, 0, torch.tensor([0]), torch.tensor([p]), 10, f, 10)
-    assert not torch.equal(again()[0], x[:10])
-    assert torch.equal(again()[0], x[10:20])
+
+
+def test_rows_from_an_offset_are_fresh_rows():
+    features, sampled = FeatureDistribution((0.0, 1.0)), SecondActiveStrata(6, "one")
+    stratum = torch.zeros(1, 20, dtype=torch.long)
+
+    def rows(offset, count):
+        at = stratum[:, :count]
+        return AtLeastTwoActiveSampler(
+            features, 0, torch.tensor([0]), torch.tensor([0.3]), sampled, at, offset
+        )()[0]
+
+    x = rows(0, 20)
+    assert torch.equal(rows(10, 10), x[10:]) and not torch.equal(rows(10, 10), x[:10])
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.task}{'-relu' if s.hidden_relu else ''}")
+def test_a_single_active_feature_loss_is_the_reference_forward_s(spec):
+    params = random_params(spec, 2, seed=6)
+    importance = torch.rand(2, spec.n_features, generator=torch.Generator().manual_seed(2))
+    model = spec.definition.fast_path(spec.shape)
+    generator = torch.Generator().manual_seed(3)
+    feature = torch.randint(spec.n_features, (2, 50), generator=generator)
+    low, high = spec.definition.magnitudes
+    value = low + (high - low) * torch.rand(2, 50, generator=generator)
+    x = torch.zeros(2, 50, spec.n_features).scatter_(-1, feature.unsqueeze(-1), value.unsqueeze(-1))
+    expected = loss_per_row(spec, params, importance, x)
+    alone = strata.SingleActiveLoss(model, params, importance)(feature, value)
+    torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-7)
+
+
+def loss_per_row(spec, params, importance, x):
+    error = (target_of(spec, x) - forward(spec, params, x)).pow(2)
+    return (importance.unsqueeze(1) * error).mean(dim=2)
 
 
 def plain_monte_carlo(spec, params, probability, importance, rows, seed):

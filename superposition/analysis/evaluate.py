@@ -3,12 +3,17 @@
 The expected loss splits by the number of active features in a row (tasks/sampling.py
 active_count_distribution gives each count's probability):
 - no active feature and exactly one: computed exactly (analysis/strata.py);
-- two or more: Monte Carlo on rows drawn given that at least two are active.
-At sparse levels the sampled part carries a small share of the probability (at p = 0.001 and
-5 features about 10⁻⁵), so its error is that share of the rows' spread; at p = 1 this is plain
-Monte Carlo. Where the exact parts do not apply (a task without an EncoderDecoder fast path,
-or correlated and anticorrelated pairs, which are not independent) every row is sampled: plain
-Monte Carlo, with its standard error.
+- two or more: Monte Carlo on rows drawn given that at least two are active, three ways
+  sharper than plain sampling:
+  - stratified by where the row's first two active features are (SecondActiveStrata), with
+    rows shared out by Neyman's allocation from a pilot of PILOT_ROWS rows per stratum;
+  - each row's loss less the losses of its first two active features alone, plus their exact
+    means (Control): the part of the loss that is additive in the features cancels;
+  - at sparse levels the sampled part carries a small share of the probability (at p = 0.001
+    and 5 features about 10⁻⁵), and its error is that share of the rows' spread.
+At p = 1 this is Monte Carlo on rows with every feature active. Where the exact parts do not
+apply (a task without an EncoderDecoder fast path, or correlated and anticorrelated pairs, which
+are not independent) every row is sampled: plain Monte Carlo, with its standard error.
 
 All restarts of a grid point see the same held-out rows (the stream is keyed by grid point), so
 comparing restarts is a paired comparison: the noise of the batch cancels in the ranking. The
@@ -28,12 +33,13 @@ from torch import Tensor
 from superposition.analysis import strata
 from superposition.config import DataConfig
 from superposition.grid import InstanceGrid
-from superposition.rng import EVAL_STREAM
+from superposition.rng import EVAL_AT_LEAST_TWO_STREAM, EVAL_PILOT_STREAM, EVAL_STREAM
 from superposition.tasks.model import ModelSpec, forward, target_of
 from superposition.tasks.sampling import (
     AtLeastTwoActiveSampler,
     BatchSampler,
     FeatureDistribution,
+    SecondActiveStrata,
     active_count_distribution,
 )
 
@@ -41,6 +47,14 @@ from superposition.tasks.sampling import (
 # MIN_ROWS_PER_PASS rows
 EVAL_ELEMENTS_PER_PASS = 2**24
 MIN_ROWS_PER_PASS = 1024
+# the sampled rows are split into strata (tasks/sampling.py SecondActiveStrata) no finer than
+# STRATUM_ROWS rows each on average; PILOT_ROWS rows per stratum (a stream of their own) measure
+# each stratum's spread, which sets its share of the rows (Neyman's allocation); every stratum
+# gets at least MIN_STRATUM_ROWS, two, for its variance
+STRATUM_ROWS = 16
+PILOT_ROWS = 8
+MIN_STRATUM_ROWS = 2
+NEYMAN_GAIN = 2.0
 
 STRATIFIED = "stratified"
 MONTE_CARLO = "monte_carlo"
@@ -136,79 +150,215 @@ def evaluate_instances(
     instances_per_pass = max(
         1, min(n, EVAL_ELEMENTS_PER_PASS // (MIN_ROWS_PER_PASS * spec.n_features))
     )
-    estimates = []
-    for start in range(0, n, instances_per_pass):
-        chunk = slice(start, min(start + instances_per_pass, n))
-        evaluate = _stratified if method == STRATIFIED else _monte_carlo
-        estimates.append(
-            evaluate(
-                spec,
-                {k: v[chunk].to(device) for k, v in params.items()},
-                levels[chunk].to(device),
-                probability[chunk].to(device),
-                importance[chunk].to(device),
-                seed,
-                rows,
-                data,
-                row_offset,
-            )
+    chunks = [slice(i, min(i + instances_per_pass, n)) for i in range(0, n, instances_per_pass)]
+
+    def chunk_of(chunk: slice) -> Chunk:
+        return Chunk(
+            {k: v[chunk].to(device) for k, v in params.items()},
+            levels[chunk].to(device),
+            probability[chunk].to(device),
+            importance[chunk].to(device),
+            spec,
         )
-    loss, se = (torch.cat(parts).cpu() for parts in zip(*estimates, strict=True))
+
+    if method == MONTE_CARLO:
+        parts = [_monte_carlo(spec, chunk_of(c), seed, rows, data, row_offset) for c in chunks]
+    else:
+        features = FeatureDistribution.of(spec.definition, data)
+        sampled = SecondActiveStrata.choose(spec.n_features, rows, STRATUM_ROWS)
+        pilot = [(chunk_of(c), features, sampled, seed, row_offset) for c in chunks]
+        counts = _allocation(spec, pilot, levels, probability, rows)
+        parts = [
+            _stratified(spec, chunk_of(c), features, sampled, counts[c], seed, row_offset)
+            for c in chunks
+        ]
+    loss, se = (torch.cat(part).cpu() for part in zip(*parts, strict=True))
     return LossEstimate(loss, se, method)
+
+
+@dataclass
+class Chunk:
+    """Instances evaluated together, on the evaluation's device."""
+
+    params: dict[str, Tensor]
+    levels: Annotated[Tensor, "instance"]
+    probability: Annotated[Tensor, "instance"]
+    importance: Annotated[Tensor, "instance feature"]
+    spec: ModelSpec | None = None
+
+    def control(self) -> Control:
+        """The additive control variate of the sampled rows (Control), computed once."""
+        if not hasattr(self, "_control"):
+            definition = self.spec.definition
+            model = definition.fast_path(self.spec.shape)
+            means = strata.one_active_losses(
+                model, self.params, self.importance, definition.magnitudes
+            )
+            alone = strata.SingleActiveLoss(model, self.params, self.importance)
+            self._control = Control(alone, means)
+        return self._control
+
+
+@dataclass
+class Control:
+    """A sampled row's loss is close to the sum of the losses of its first two active features
+    alone, whose means are known exactly (strata.one_active_losses): the estimate takes
+    loss − g_first(v) − g_second(v) + G_first + G_second, unbiased for every row, with much of
+    the spread of the magnitudes gone."""
+
+    alone: strata.SingleActiveLoss
+    feature_means: Annotated[Tensor, "instance feature"]
+
+    def adjust(
+        self,
+        x: Annotated[Tensor, "instance row feature"],
+        loss: Annotated[Tensor, "instance row"],
+        first: Annotated[Tensor, "instance row"],
+        second: Annotated[Tensor, "instance row"],
+    ) -> Annotated[Tensor, "instance row"]:
+        for feature in (first, second):
+            value = x.gather(-1, feature.unsqueeze(-1)).squeeze(-1)
+            alone = self.alone(feature, value)
+            loss = loss - alone.double() + self.feature_means.gather(1, feature)
+        return loss
 
 
 def _stratified(
     spec: ModelSpec,
-    params: dict[str, Tensor],
-    levels: Annotated[Tensor, "instance"],
-    probability: Annotated[Tensor, "instance"],
-    importance: Annotated[Tensor, "instance feature"],
+    chunk: Chunk,
+    features: FeatureDistribution,
+    sampled: SecondActiveStrata,
+    counts: Annotated[Tensor, "instance stratum"],
     seed: int,
-    rows: int,
-    data: DataConfig,
     row_offset: int,
 ) -> tuple[Tensor, Tensor]:
-    count = active_count_distribution(probability, spec.n_features)
+    """Rows with no and one active feature exactly; rows with two or more by stratum, `counts`
+    rows each."""
+    count = active_count_distribution(chunk.probability, spec.n_features)
     none, one = count[:, 0], count[:, 1]
     several = count[:, 2:].sum(dim=1)
-    model = spec.definition.fast_path(spec.shape)
-    loss = none * strata.no_active_loss(spec, params, importance)
-    loss += one * strata.one_active_loss(model, params, importance, spec.definition.magnitudes)
+    loss = none * strata.no_active_loss(spec, chunk.params, chunk.importance)
+    loss += one * chunk.control().feature_means.mean(dim=1)
     if spec.n_features < 2:
         return loss, torch.zeros_like(loss)
-    features = FeatureDistribution.of(spec.definition, data)
-    rows_per_pass = _rows_per_pass(levels.shape[0], spec.n_features)
-    samplers = (
-        AtLeastTwoActiveSampler(
+    counts = counts.to(loss.device)
+    mean, variance = _stratum_moments(
+        spec, chunk, features, sampled, counts, seed, row_offset, EVAL_AT_LEAST_TWO_STREAM
+    )
+    weights = sampled.weights(chunk.probability)
+    sampled_mean = (weights * mean).sum(dim=1)
+    sampled_se = ((weights.pow(2) * variance / counts).sum(dim=1)).sqrt()
+    # a share that underflowed to 0 weighs a sample it never needed
+    loss += torch.where(several > 0, several * sampled_mean, 0.0)
+    return loss, torch.where(several > 0, several * sampled_se, 0.0)
+
+
+def _allocation(
+    spec: ModelSpec,
+    pilot: list[tuple[Chunk, FeatureDistribution, SecondActiveStrata, int, int]],
+    levels: Annotated[Tensor, "instance"],
+    probability: Annotated[Tensor, "instance"],
+    rows: int,
+) -> Annotated[Tensor, "instance stratum"]:
+    """Rows per stratum, `rows` in all, the same for every instance of a level (its restarts
+    share their rows): Neyman's allocation, ∝ P(stratum) × its spread, the spread measured on
+    PILOT_ROWS rows per stratum (their own stream) and pooled over the level's restarts; at
+    least MIN_STRATUM_ROWS each."""
+    sampled = pilot[0][2]
+    n_strata = sampled.n_strata
+    if n_strata == 1:
+        return torch.full((levels.shape[0], 1), rows, dtype=torch.long)
+    spread = []
+    for chunk, features, _, seed, row_offset in pilot:
+        counts = torch.full(
+            (chunk.levels.shape[0], n_strata), PILOT_ROWS, device=chunk.levels.device
+        )
+        _, variance = _stratum_moments(
+            spec, chunk, features, sampled, counts, seed, row_offset, EVAL_PILOT_STREAM
+        )
+        spread.append(variance.cpu())
+    variance = torch.cat(spread)
+    finite = torch.isfinite(variance).all(dim=1)
+    level_ids, level_of = torch.unique(levels, return_inverse=True)
+    pooled = torch.zeros(level_ids.shape[0], n_strata, dtype=torch.float64)
+    pooled.index_add_(0, level_of[finite], variance[finite])
+    restarts = torch.zeros(level_ids.shape[0], dtype=torch.float64)
+    restarts.index_add_(0, level_of[finite], torch.ones(int(finite.sum()), dtype=torch.float64))
+    variance = pooled / restarts.clamp_min(1).unsqueeze(1)
+    first = torch.zeros(level_ids.shape[0], dtype=torch.long)
+    first.scatter_(0, level_of, torch.arange(levels.shape[0]))  # an instance of each level
+    weights = sampled.weights(probability[first].cpu())
+    score = weights * variance.sqrt()
+    total = score.sum(dim=1, keepdim=True)
+    # Neyman's allocation over proportional cuts the variance by Σ W s² / (Σ W s)²; the spreads
+    # of a few pilot rows are noisy, which alone makes that look like about 1.3: below
+    # NEYMAN_GAIN, share the rows in proportion to the strata's probabilities
+    gain = (weights * variance).sum(dim=1, keepdim=True) / total.pow(2).clamp_min(1e-300)
+    neyman = (total > 0) & (gain > NEYMAN_GAIN)
+    share = torch.where(neyman, score / total.clamp_min(1e-300), weights)
+    free = rows - MIN_STRATUM_ROWS * n_strata
+    counts = MIN_STRATUM_ROWS + (share * free).floor().long()
+    counts[torch.arange(counts.shape[0]), share.argmax(dim=1)] += rows - counts.sum(dim=1)
+    return counts[level_of]
+
+
+def _stratum_moments(
+    spec: ModelSpec,
+    chunk: Chunk,
+    features: FeatureDistribution,
+    sampled: SecondActiveStrata,
+    counts: Annotated[Tensor, "instance stratum"],
+    seed: int,
+    row_offset: int,
+    stream: int,
+) -> tuple[Tensor, Tensor]:
+    """Mean and variance (float64) of the per-row loss in every stratum, on counts[i, h] rows of
+    stratum h for instance i (every instance the same number of rows in all)."""
+    n_instances, n_strata = counts.shape
+    ends = counts.cumsum(dim=1).contiguous()
+    total_rows = int(ends[0, -1])
+    sums = torch.zeros(n_instances, n_strata, dtype=torch.float64, device=counts.device)
+    squares = torch.zeros_like(sums)
+    rows_per_pass = _rows_per_pass(n_instances, spec.n_features)
+    for start in range(0, total_rows, rows_per_pass):
+        row = torch.arange(start, min(start + rows_per_pass, total_rows), device=counts.device)
+        stratum = torch.searchsorted(ends, row.expand(n_instances, -1).contiguous(), right=True)
+        x, first, second = AtLeastTwoActiveSampler(
             features,
             seed,
-            levels,
-            probability,
-            min(rows_per_pass, rows - start),
-            spec.n_features,
+            chunk.levels,
+            chunk.probability,
+            sampled,
+            stratum,
             row_offset + start,
-        )()
-        for start in range(0, rows, rows_per_pass)
-    )
-    mean, se = _sample_mean(spec, params, importance, samplers)
-    # a share that underflowed to 0 weighs a sample it never needed
-    loss += torch.where(several > 0, several * mean, 0.0)
-    return loss, torch.where(several > 0, several * se, 0.0)
+            stream,
+        ).draw()
+        loss = _row_losses(spec, chunk.params, chunk.importance, x)
+        loss = chunk.control().adjust(x, loss, first, second)
+        sums.scatter_add_(1, stratum, loss)
+        squares.scatter_add_(1, stratum, loss.pow(2))
+    n = counts.double()
+    mean = sums / n
+    # per-row losses are small and of one sign: sums of squares lose no digits that matter here
+    variance = ((squares - sums * mean) / (n - 1).clamp_min(1)).clamp_min(0)
+    return mean, variance
+
+
+def _row_losses(
+    spec: ModelSpec,
+    params: dict[str, Tensor],
+    importance: Annotated[Tensor, "instance feature"],
+    x: Annotated[Tensor, "instance batch feature"],
+) -> Annotated[Tensor, "instance batch"]:
+    error = (target_of(spec, x) - forward(spec, params, x)).pow(2)
+    return (importance.unsqueeze(1) * error).mean(dim=2).double()
 
 
 def _monte_carlo(
-    spec: ModelSpec,
-    params: dict[str, Tensor],
-    levels: Annotated[Tensor, "instance"],
-    probability: Annotated[Tensor, "instance"],
-    importance: Annotated[Tensor, "instance feature"],
-    seed: int,
-    rows: int,
-    data: DataConfig,
-    row_offset: int,
+    spec: ModelSpec, chunk: Chunk, seed: int, rows: int, data: DataConfig, row_offset: int
 ) -> tuple[Tensor, Tensor]:
-    held_out = held_out_rows(spec, seed, levels, probability, rows, data, row_offset)
-    return _sample_mean(spec, params, importance, held_out)
+    held_out = held_out_rows(spec, seed, chunk.levels, chunk.probability, rows, data, row_offset)
+    return _sample_mean(spec, chunk.params, chunk.importance, held_out)
 
 
 def _sample_mean(
@@ -221,8 +371,7 @@ def _sample_mean(
     batches' means and sums of squared deviations pooled as Chan et al. do: no cancellation)."""
     count, mean, squares = 0, None, None
     for x in batches:
-        error = (target_of(spec, x) - forward(spec, params, x)).pow(2)
-        per_row = (importance.unsqueeze(1) * error).mean(dim=2).double()
+        per_row = _row_losses(spec, params, importance, x)
         rows = per_row.shape[1]
         batch_mean = per_row.mean(dim=1)
         batch_squares = (per_row - batch_mean.unsqueeze(1)).pow(2).sum(dim=1)

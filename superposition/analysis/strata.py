@@ -35,23 +35,78 @@ def one_active_loss(
     magnitudes: tuple[float, float],
 ) -> Annotated[Tensor, "instance"]:
     """E[loss | exactly one feature active], the active feature uniform over the features and
-    its value uniform in (low, high]: (1 / F²) Σ_j Σ_i I_i E_v[(target_i − out_i)²]."""
+    its value uniform in (low, high]: the mean of one_active_losses over the features."""
+    return one_active_losses(model, params, importance, magnitudes).mean(dim=1)
+
+
+def one_active_losses(
+    model: EncoderDecoder,
+    params: dict[str, Tensor],
+    importance: Annotated[Tensor, "instance feature"],
+    magnitudes: tuple[float, float],
+) -> Annotated[Tensor, "instance feature"]:
+    """E[loss | only feature j active] for every j, its value uniform in (low, high]:
+    (1 / F) Σ_i I_i E_v[(target_i − out_i)²], float64."""
     params = {name: value.double() for name, value in params.items()}
     bias = params["b_final"].unsqueeze(1)  # (instance, 1, output feature)
     n, _, f = bias.shape
     low, high = magnitudes
     eye = torch.eye(f, dtype=torch.float64, device=bias.device).expand(n, f, f)
-    total = torch.zeros(n, dtype=torch.float64, device=bias.device)
-    # v = sign · t with t >= 0: the positive values, then the negative ones
-    for sign, t0, t1 in ((1.0, max(low, 0.0), max(high, 0.0)), (-1.0, max(-high, 0.0), -low)):
-        if t1 <= t0:
-            continue
-        # (instance, active feature j, output i): the pre-activation is t · slope + b
-        slope = model.preactivation(params, sign * eye) - bias
+    total = torch.zeros(n, f, dtype=torch.float64, device=bias.device)
+    for sign, t0, t1 in _sides(magnitudes):
+        slope = _slopes(model, params, sign, eye)
         target_slope = eye if model.abs_target else sign * eye
         error = squared_error_integral(slope, bias, target_slope, t0, t1)
-        total += (importance.double().unsqueeze(1) * error).sum(dim=(1, 2))
-    return total / (f * f * (high - low))
+        total += (importance.double().unsqueeze(1) * error).sum(dim=2)
+    return total / (f * (high - low))
+
+
+class SingleActiveLoss:
+    """The loss of a row whose only active feature is j, at value v (nonzero): the integrand of
+    one_active_losses at one point, for many rows at once."""
+
+    def __init__(
+        self,
+        model: EncoderDecoder,
+        params: dict[str, Tensor],
+        importance: Annotated[Tensor, "instance feature"],
+    ):
+        self.bias = params["b_final"].unsqueeze(1)
+        n, _, f = self.bias.shape
+        eye = torch.eye(f, dtype=self.bias.dtype, device=self.bias.device).expand(n, f, f)
+        # rows j: the slopes for v > 0; rows F + j: for v < 0
+        self.slopes = torch.cat([_slopes(model, params, sign, eye) for sign in (1.0, -1.0)], 1)
+        self.importance, self.abs_target, self.n_features = importance, model.abs_target, f
+
+    def __call__(
+        self, feature: Annotated[Tensor, "instance row"], value: Annotated[Tensor, "instance row"]
+    ) -> Annotated[Tensor, "instance row"]:
+        f = self.n_features
+        row = torch.where(value > 0, feature, feature + f).unsqueeze(-1).expand(-1, -1, f)
+        out = self.slopes.gather(1, row).mul_(value.abs().unsqueeze(-1)).add_(self.bias).relu_()
+        # every output's target is 0 but feature j's: sum I_i out_i², then correct term j
+        at_j = out.gather(-1, feature.unsqueeze(-1)).squeeze(-1)
+        squares = out.pow_(2) @ self.importance.unsqueeze(-1)
+        own = value.abs() if self.abs_target else value
+        weight = self.importance.gather(1, feature)
+        correction = weight * ((own - at_j).pow(2) - at_j.pow(2))
+        return (squares.squeeze(-1) + correction) / f
+
+
+def _sides(magnitudes: tuple[float, float]) -> list[tuple[float, float, float]]:
+    """(sign, t0, t1): the values v = sign · t, t in [t0, t1], positive then negative, of the
+    magnitude range (low, high] (a side it does not reach left out)."""
+    low, high = magnitudes
+    sides = [(1.0, max(low, 0.0), max(high, 0.0)), (-1.0, max(-high, 0.0), -low)]
+    return [(sign, t0, t1) for sign, t0, t1 in sides if t1 > t0]
+
+
+def _slopes(
+    model: EncoderDecoder, params: dict[str, Tensor], sign: float, eye: Tensor
+) -> Annotated[Tensor, "instance feature output"]:
+    """d pre-activation_i / dt at x = sign · t · e_j, t > 0 (constant in t: the encoder and the
+    hidden ReLU are positively homogeneous)."""
+    return model.preactivation(params, sign * eye) - params["b_final"].unsqueeze(1)
 
 
 def squared_error_integral(a: Tensor, b: Tensor, c: Tensor, t0: float, t1: float) -> Tensor:

@@ -176,15 +176,83 @@ def active_count_distribution(
     return torch.exp(log_choose + active + inactive)
 
 
-class AtLeastTwoActiveSampler:
-    """Rows of independent features conditioned on two or more being active, drawn exactly and
-    without rejection from one uniform per feature and two per row.
+class SecondActiveStrata:
+    """Strata of the rows with two or more active features, by where their first two active
+    features are (in feature order).
 
-    Read a row in feature order: the second active feature is at position b with probability
-    p² (1 − p)^(b − 1) for each of the b positions a < b of the first (features before b other
-    than a inactive), so given K >= 2, b has probability ∝ b (1 − p)^(b − 1) and a is uniform
-    below it. Features after b are independent as ever: active when u < p, magnitude u / p. The
-    uniforms of a and b are their magnitudes.
+    Given K >= 2, the second active feature is at position b and the first at a < b with
+    probability p² (1 − p)^(b − 1) / P(K >= 2): every feature before b but a is inactive, the
+    features after b are independent as ever. So the rows split exactly by (a, b):
+    - "pairs": one stratum per pair a < b (F (F − 1) / 2 strata);
+    - "second": one per b, the first uniform below it (F − 1 strata);
+    - "one": a single stratum, b drawn from its distribution (∝ b (1 − p)^(b − 1)).
+    """
+
+    def __init__(self, n_features: int, kind: str):
+        self.n_features, self.kind = n_features, kind
+        second = torch.arange(1, n_features)
+        if kind == "pairs":
+            self.second = second.repeat_interleave(second)
+            self.first = torch.cat([torch.arange(b) for b in range(1, n_features)])
+        elif kind == "second":
+            self.second, self.first = second, None
+        else:
+            self.second = self.first = None
+
+    @classmethod
+    def choose(cls, n_features: int, rows: int, rows_per_stratum: int) -> SecondActiveStrata:
+        """The finest kind of which every stratum gets at least `rows_per_stratum` rows."""
+        if n_features * (n_features - 1) // 2 * rows_per_stratum <= rows:
+            return cls(n_features, "pairs")
+        if (n_features - 1) * rows_per_stratum <= rows:
+            return cls(n_features, "second")
+        return cls(n_features, "one")
+
+    @property
+    def n_strata(self) -> int:
+        return 1 if self.second is None else self.second.numel()
+
+    def weights(
+        self, probability: Annotated[Tensor, "instance"]
+    ) -> Annotated[Tensor, "instance stratum"]:
+        """P(stratum | K >= 2), float64."""
+        if self.second is None:
+            return torch.ones(
+                probability.shape[0], 1, dtype=torch.float64, device=probability.device
+            )
+        p = probability.double().view(-1, 1)
+        b = self.second.to(probability.device).double()
+        weight = (1 - p).pow(b - 1)  # 0⁰ = 1 at p = 1
+        if self.first is None:
+            weight = weight * b  # the b positions of the first
+        return weight / weight.sum(dim=1, keepdim=True)
+
+    def positions(
+        self,
+        stratum: Annotated[Tensor, "instance row"],
+        u_second: Annotated[Tensor, "instance row"],
+        u_first: Annotated[Tensor, "instance row"],
+        probability: Annotated[Tensor, "instance"],
+    ) -> tuple[Tensor, Tensor]:
+        """(second, first) positions of each row in its stratum (u_*: uniforms in (0, 1))."""
+        if self.second is None:
+            position = torch.arange(1, self.n_features, dtype=torch.float64, device=u_second.device)
+            p = probability.double().view(-1, 1)
+            weight = position * (1 - p).pow(position - 1)
+            cdf = (weight.cumsum(dim=1) / weight.sum(dim=1, keepdim=True)).contiguous()
+            second = 1 + torch.searchsorted(cdf, u_second.double().contiguous())
+            second = second.clamp_max(self.n_features - 1)
+        else:
+            second = self.second.to(stratum.device)[stratum]
+        if self.first is not None:
+            return second, self.first.to(stratum.device)[stratum]
+        return second, (u_first * second).long().clamp_max(second - 1)
+
+
+class AtLeastTwoActiveSampler:
+    """Rows of independent features given two or more active, each row in a stratum of
+    SecondActiveStrata: its first two active features where the stratum puts them (uniform
+    magnitudes), the features after the second active when u < p, with magnitude u / p.
 
     Rows at `row_offset` onwards are fresh rows, independent of the rows before them.
     """
@@ -195,32 +263,34 @@ class AtLeastTwoActiveSampler:
         seed: int,
         instances: Annotated[Tensor, "instance"],
         probability: Annotated[Tensor, "instance"],
-        rows: int,
-        n_features: int,
+        strata: SecondActiveStrata,
+        stratum: Annotated[Tensor, "instance row"],
         row_offset: int = 0,
+        stream: int = EVAL_AT_LEAST_TWO_STREAM,
     ):
         if features.pair_width:
             raise ValueError("feature pairs are not independent: sample them with BatchSampler")
-        keys = rng.instance_keys(seed, EVAL_AT_LEAST_TWO_STREAM, instances)
-        # one uniform per feature, then one for b and one for a
-        self.uniforms = rng.UniformStream(keys, rows, n_features + 2, row_offset)
-        position = torch.arange(1, n_features, dtype=torch.float64, device=probability.device)
-        p = probability.double().view(-1, 1)
-        weight = position * (1 - p).pow(position - 1)  # b = 1 .. F-1; 0⁰ = 1 at p = 1
-        self.second_cdf = (weight.cumsum(dim=1) / weight.sum(dim=1, keepdim=True)).contiguous()
-        self.probability = probability.view(-1, 1, 1)
-        self.features = features
-        self.n_features = n_features
+        keys = rng.instance_keys(seed, stream, instances)
+        f = strata.n_features
+        # one uniform per feature, then one for the second active position, one for the first
+        self.uniforms = rng.UniformStream(keys, stratum.shape[1], f + 2, row_offset)
+        self.probability, self.features = probability, features
+        self.strata, self.stratum = strata, stratum
 
     def __call__(self) -> Annotated[Tensor, "instance batch feature"]:
-        f = self.n_features
+        return self.draw()[0]
+
+    def draw(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, the first active feature of each row, the second)."""
+        f = self.strata.n_features
         u = self.uniforms.block(0)
-        second = 1 + torch.searchsorted(self.second_cdf, u[..., f].double().contiguous())
-        second = second.clamp_max(f - 1).unsqueeze(-1)
-        first = (u[..., f + 1 : f + 2] * second).long().clamp_max(second - 1)
+        second, first = self.strata.positions(
+            self.stratum, u[..., f], u[..., f + 1], self.probability
+        )
         u = u[..., :f]
+        p = self.probability.view(-1, 1, 1)
         position = torch.arange(f, device=u.device)
-        later = (position > second) & (u < self.probability)
-        x = torch.where(later, self.features.magnitude(u / self.probability), 0.0)
-        chosen = (position == second) | (position == first)
-        return torch.where(chosen, self.features.magnitude(u), x)
+        later = (position > second.unsqueeze(-1)) & (u < p)
+        x = torch.where(later, self.features.magnitude(u / p), 0.0)
+        chosen = (position == second.unsqueeze(-1)) | (position == first.unsqueeze(-1))
+        return torch.where(chosen, self.features.magnitude(u), x), first, second
