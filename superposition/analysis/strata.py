@@ -1,4 +1,5 @@
-"""The expected loss of rows with no active feature and with exactly one, in closed form.
+"""The expected loss of rows with no active feature and with exactly one, in closed form, and
+the loss of a one-feature row at a given value (the control variate of analysis/evaluate.py).
 
 With one active feature j of value v, the model's output before its ReLU is linear in v on each
 side of 0 (the encoder, the hidden ReLU and the decoder are positively homogeneous), so the
