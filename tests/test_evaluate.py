@@ -242,6 +242,24 @@ def test_the_standard_error_covers_the_truth_as_often_as_it_says():
     assert truth.se.item() < estimates.se.median().item() / 20
 
 
+def test_the_standard_error_is_honest_where_the_sampled_rows_hold_rare_events():
+    """The zero model at p = 0.1, whose loss is known exactly (mean(I) · p / 3): a stratum's
+    extra active feature is a rare event there, which a stratum of a few rows would miss and
+    then report no spread for. 300 independent estimates of 2000 rows each."""
+    spec = ModelSpec("identity", 5, 2)
+    repeats, p = 300, 0.1
+    params = {"W": torch.zeros(repeats, 2, 5), "b_final": torch.zeros(repeats, 5)}
+    importance = (0.9 ** torch.arange(5.0)).expand(repeats, -1)
+    estimates = evaluate_instances(
+        spec, params, torch.arange(repeats), torch.full((repeats,), p), importance, 3, 2000, CPU
+    )
+    truth = importance[0].double().mean() * p / 3
+    z = (estimates.loss - truth) / estimates.se
+    inside = (z.abs() < 1.96).float().mean().item()
+    assert 0.90 <= inside <= 0.99, inside
+    assert abs(z.mean().item()) < 4 / math.sqrt(repeats)  # no bias beyond noise
+
+
 def test_pairs_are_estimated_by_plain_monte_carlo_with_its_error():
     spec = ModelSpec("identity", 6, 2)
     grid = sparsity_grid([0.3], n_features=6, decay=1.0, restarts=200)

@@ -55,6 +55,7 @@ STRATUM_ROWS = 16
 PILOT_ROWS = 8
 MIN_STRATUM_ROWS = 2
 NEYMAN_GAIN = 2.0
+PROPORTIONAL = 0.5
 
 STRATIFIED = "stratified"
 MONTE_CARLO = "monte_carlo"
@@ -295,7 +296,11 @@ def _allocation(
     # NEYMAN_GAIN, share the rows in proportion to the strata's probabilities
     gain = (weights * variance).sum(dim=1, keepdim=True) / total.pow(2).clamp_min(1e-300)
     neyman = (total > 0) & (gain > NEYMAN_GAIN)
-    share = torch.where(neyman, score / total.clamp_min(1e-300), weights)
+    # half the rows in proportion all the same: a stratum whose pilot saw no spread (a rare
+    # event, e.g. one more active feature) still gets enough rows to see it, and so an honest
+    # variance; the other half where the pilot saw the spread
+    optimal = score / total.clamp_min(1e-300)
+    share = torch.where(neyman, PROPORTIONAL * weights + (1 - PROPORTIONAL) * optimal, weights)
     free = rows - MIN_STRATUM_ROWS * n_strata
     counts = MIN_STRATUM_ROWS + (share * free).floor().long()
     counts[torch.arange(counts.shape[0]), share.argmax(dim=1)] += rows - counts.sum(dim=1)
