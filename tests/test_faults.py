@@ -576,7 +576,7 @@ def test_a_disk_that_fills_during_training_is_one_line_and_keeps_the_checkpoint(
 # ------------------------------------------------------------------------ kill anywhere
 
 KILLABLE = [*SMALL, "train.steps=1500", "train.checkpoint_every=100", "eval.batch_size=400000"]
-KILLS = 8
+KILLS = 6
 
 
 def test_killed_anywhere_and_rerun_ends_bit_identical(tmp_path):
