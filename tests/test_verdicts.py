@@ -223,28 +223,32 @@ def test_a_cell_above_the_closed_form_by_3_standard_errors_fails():
     closed = check(report, "not_worse_than_closed_form")
     assert closed.passed and closed.value == pytest.approx(1.0)
     assert closed.measured.startswith("0 of 20 cells above it; highest")
-    assert "3 standard errors (0 where none is recorded) + 0.001 of it" in closed.expected
+    tolerance = verdicts.CLOSED_FORM_RTOL
+    assert f"3 standard errors (0 where none is recorded) + {tolerance:g} of it" in closed.expected
     cell = results.levels[results.level_at(3, 2)]  # r = 3, p = 0.1
     # a free bias beats the closed form: below it always passes
     cell.eval_loss = 0.9 * cell.loss_closed_form
     assert check(verdicts.judge("phase_diagram", results, weights), closed.name).passed
     # no standard error recorded: the relative tolerance only
-    cell.eval_loss = cell.loss_closed_form * (1 + 0.5e-3)
+    cell.eval_loss = cell.loss_closed_form * (1 + tolerance / 2)
     assert check(verdicts.judge("phase_diagram", results, weights), closed.name).passed
-    cell.eval_loss = cell.loss_closed_form * (1 + 2e-3)
+    cell.eval_loss = cell.loss_closed_form * (1 + 2 * tolerance)
     failed = check(verdicts.judge("phase_diagram", results, weights), closed.name)
-    assert not failed.passed and failed.value == pytest.approx(1.002)
+    assert not failed.passed and failed.value == pytest.approx(1 + 2 * tolerance)
     assert failed.measured == (
-        "1 of 20 cells above it; highest r = 3, p = 0.1: 1.002 × the closed form (no SE recorded)"
+        f"1 of 20 cells above it; highest r = 3, p = 0.1: {1 + 2 * tolerance:.3f} × the closed "
+        "form (no SE recorded)"
     )
-    # within 3 standard errors of it
-    cell.eval_loss_se = cell.loss_closed_form * 1e-3
-    cell.eval_loss = cell.loss_closed_form * (1 + 3.5e-3)
+    # within 3 standard errors beyond the tolerance
+    se = cell.loss_closed_form * 1e-2
+    cell.eval_loss_se = se
+    cell.eval_loss = cell.loss_closed_form * (1 + tolerance) + 2.5 * se
     assert check(verdicts.judge("phase_diagram", results, weights), closed.name).passed
-    cell.eval_loss = cell.loss_closed_form * (1 + 4.5e-3)
+    cell.eval_loss = cell.loss_closed_form * (1 + tolerance) + 3.5 * se
     report = verdicts.judge("phase_diagram", results, weights)
     assert not report.passed
-    assert "(+4.5 SE)" in check(report, closed.name).measured
+    excess = (cell.eval_loss - cell.loss_closed_form) / se
+    assert f"(+{excess:.1f} SE)" in check(report, closed.name).measured
 
 
 def test_the_closed_form_check_needs_the_references_and_states_the_ratios():
