@@ -307,3 +307,21 @@ def test_the_kept_restart_is_reported_on_fresh_rows():
     assert not torch.equal(kept.loss, chosen)  # other rows
     z = (kept.loss - chosen) / (kept.se.pow(2) + estimate.se.view(2, 4)[0].pow(2).mean()).sqrt()
     assert (z.abs() < 5).all()
+
+
+def test_one_feature_and_one_row_are_estimated_without_a_sampled_stratum_or_a_false_error():
+    """One feature never has two active: the estimate is exact, (1 − p) L(0) + p E[L(v)], with
+    no error. One sampled row has no spread to measure: its error is unknown (NaN), not 0."""
+    spec = ModelSpec("identity", 1, 1)
+    params = {"W": torch.tensor([[[0.8]]]), "b_final": torch.tensor([[0.1]])}
+    p = torch.tensor([0.3])
+    estimate = evaluate_instances(spec, params, torch.tensor([0]), p, torch.ones(1, 1), 0, 100, CPU)
+    v = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
+    exact = 0.7 * 0.1**2 + 0.3 * (v - (0.64 * v + 0.1).relu()).pow(2).mean()
+    assert estimate.loss.item() == pytest.approx(exact.item(), rel=1e-6)  # float32 weights
+    assert estimate.se.item() == 0
+    spec = ModelSpec("identity", 5, 2)
+    one_row = evaluate_instances(
+        spec, random_params(spec, 1), torch.tensor([0]), p, torch.ones(1, 5), 0, 1, CPU
+    )
+    assert torch.isfinite(one_row.loss).all() and torch.isnan(one_row.se).all()

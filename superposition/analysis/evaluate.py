@@ -47,6 +47,9 @@ from superposition.tasks.sampling import (
 # MIN_ROWS_PER_PASS rows
 EVAL_ELEMENTS_PER_PASS = 2**24
 MIN_ROWS_PER_PASS = 1024
+# float64 temporaries of (instance, feature, feature) the exact strata hold at once: instances
+# are split so that these too stay within EVAL_ELEMENTS_PER_PASS
+SLOPE_COPIES = 16
 # the sampled rows are split into strata (tasks/sampling.py SecondActiveStrata) no finer than
 # STRATUM_ROWS rows each on average; PILOT_ROWS rows per stratum (a stream of their own) measure
 # each stratum's spread, which sets its share of the rows (Neyman's allocation); every stratum
@@ -148,9 +151,11 @@ def evaluate_instances(
     data = DataConfig() if data is None else data
     method = estimation_method(spec, data)
     n = levels.shape[0]
-    instances_per_pass = max(
-        1, min(n, EVAL_ELEMENTS_PER_PASS // (MIN_ROWS_PER_PASS * spec.n_features))
-    )
+    f = spec.n_features
+    per_instance = MIN_ROWS_PER_PASS * f
+    if method == STRATIFIED:  # the exact strata hold (feature, feature) slopes per instance
+        per_instance = max(per_instance, SLOPE_COPIES * f * f)
+    instances_per_pass = max(1, min(n, EVAL_ELEMENTS_PER_PASS // per_instance))
     chunks = [slice(i, min(i + instances_per_pass, n)) for i in range(0, n, instances_per_pass)]
 
     def chunk_of(chunk: slice) -> Chunk:
@@ -344,9 +349,11 @@ def _stratum_moments(
         squares.scatter_add_(1, stratum, loss.pow(2))
     n = counts.double()
     mean = sums / n
-    # per-row losses are small and of one sign: sums of squares lose no digits that matter here
+    # sums of squares cancel only where the spread is below 1e-8 of the mean (a model additive in
+    # its features, which the control variate leaves nearly constant): 0 there, near enough.
+    # One row has no variance to tell: NaN, not a claim of exactness
     variance = ((squares - sums * mean) / (n - 1).clamp_min(1)).clamp_min(0)
-    return mean, variance
+    return mean, torch.where(n >= 2, variance, torch.nan)
 
 
 def _row_losses(

@@ -42,7 +42,9 @@ def select_best(
         se = torch.where(usable, eval_loss_se, torch.nan).view(-1, restarts)
         best_se = se.gather(1, best.unsqueeze(1))
         margin = NEAR_BEST_SE * (se.pow(2) + best_se.pow(2)).sqrt()
-        close = (masked - best_loss.unsqueeze(1) <= margin) & usable.view(-1, restarts)
+        gap = masked - best_loss.unsqueeze(1)
+        # the best itself always (its error may be unknown: NaN)
+        close = ((gap <= margin) | (gap == 0)) & usable.view(-1, restarts)
         near = [torch.nonzero(row).flatten().tolist() for row in close]
     return Selection(
         best_restart=[int(b) if good else None for b, good in zip(best, ok, strict=True)],

@@ -201,7 +201,10 @@ class SecondActiveStrata:
 
     @classmethod
     def choose(cls, n_features: int, rows: int, rows_per_stratum: int) -> SecondActiveStrata:
-        """The finest kind of which every stratum gets at least `rows_per_stratum` rows."""
+        """The finest kind of which every stratum gets at least `rows_per_stratum` rows (one
+        stratum for fewer than two features, which never have two active)."""
+        if n_features < 2:
+            return cls(n_features, "one")
         if n_features * (n_features - 1) // 2 * rows_per_stratum <= rows:
             return cls(n_features, "pairs")
         if (n_features - 1) * rows_per_stratum <= rows:
