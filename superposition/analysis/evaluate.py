@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated
 
 import torch
@@ -172,11 +173,13 @@ def evaluate_instances(
     else:
         features = FeatureDistribution.of(spec.definition, data)
         sampled = SecondActiveStrata.choose(spec.n_features, rows, STRATUM_ROWS)
-        pilot = [(chunk_of(c), features, sampled, seed, row_offset) for c in chunks]
-        counts = _allocation(spec, pilot, levels, probability, rows)
+        on_device = [chunk_of(c) for c in chunks]  # the pilot's and the main rows' chunks
+        counts = _allocation(
+            spec, on_device, features, sampled, seed, row_offset, levels, probability, rows
+        )
         parts = [
-            _stratified(spec, chunk_of(c), features, sampled, counts[c], seed, row_offset)
-            for c in chunks
+            _stratified(spec, chunk, features, sampled, counts[c], seed, row_offset)
+            for chunk, c in zip(on_device, chunks, strict=True)
         ]
     loss, se = (torch.cat(part).cpu() for part in zip(*parts, strict=True))
     return LossEstimate(loss, se, method)
@@ -192,17 +195,13 @@ class Chunk:
     importance: Annotated[Tensor, "instance feature"]
     spec: ModelSpec | None = None
 
+    @cached_property
     def control(self) -> Control:
-        """The additive control variate of the sampled rows (Control), computed once."""
-        if not hasattr(self, "_control"):
-            definition = self.spec.definition
-            model = definition.fast_path(self.spec.shape)
-            means = strata.one_active_losses(
-                model, self.params, self.importance, definition.magnitudes
-            )
-            alone = strata.SingleActiveLoss(model, self.params, self.importance)
-            self._control = Control(alone, means)
-        return self._control
+        """The additive control variate of the sampled rows."""
+        definition = self.spec.definition
+        model = definition.fast_path(self.spec.shape)
+        means = strata.one_active_losses(model, self.params, self.importance, definition.magnitudes)
+        return Control(strata.SingleActiveLoss(model, self.params, self.importance), means)
 
 
 @dataclass
@@ -244,7 +243,7 @@ def _stratified(
     none, one = count[:, 0], count[:, 1]
     several = count[:, 2:].sum(dim=1)
     loss = none * strata.no_active_loss(spec, chunk.params, chunk.importance)
-    loss += one * chunk.control().feature_means.mean(dim=1)
+    loss += one * chunk.control.feature_means.mean(dim=1)
     if spec.n_features < 2:
         return loss, torch.zeros_like(loss)
     counts = counts.to(loss.device)
@@ -261,7 +260,11 @@ def _stratified(
 
 def _allocation(
     spec: ModelSpec,
-    pilot: list[tuple[Chunk, FeatureDistribution, SecondActiveStrata, int, int]],
+    chunks: list[Chunk],
+    features: FeatureDistribution,
+    sampled: SecondActiveStrata,
+    seed: int,
+    row_offset: int,
     levels: Annotated[Tensor, "instance"],
     probability: Annotated[Tensor, "instance"],
     rows: int,
@@ -270,12 +273,11 @@ def _allocation(
     share their rows): Neyman's allocation, ∝ P(stratum) × its spread, the spread measured on
     PILOT_ROWS rows per stratum (their own stream) and pooled over the level's restarts; at
     least MIN_STRATUM_ROWS each."""
-    sampled = pilot[0][2]
     n_strata = sampled.n_strata
     if n_strata == 1:
         return torch.full((levels.shape[0], 1), rows, dtype=torch.long)
     spread = []
-    for chunk, features, _, seed, row_offset in pilot:
+    for chunk in chunks:
         counts = torch.full(
             (chunk.levels.shape[0], n_strata), PILOT_ROWS, device=chunk.levels.device
         )
@@ -344,7 +346,7 @@ def _stratum_moments(
             stream,
         ).draw()
         loss = _row_losses(spec, chunk.params, chunk.importance, x)
-        loss = chunk.control().adjust(x, loss, first, second)
+        loss = chunk.control.adjust(x, loss, first, second)
         sums.scatter_add_(1, stratum, loss)
         squares.scatter_add_(1, stratum, loss.pow(2))
     n = counts.double()

@@ -575,17 +575,8 @@ def _eval_panel(ax, run: Run, colors: np.ndarray) -> None:
         )
         best = lv.best_restart
         if best is not None and ok[best]:
-            ax.scatter(
-                level + offsets[best],
-                losses[best],
-                marker="*",
-                s=130,
-                color="red",
-                edgecolors="black",
-                linewidths=0.5,
-                zorder=3,
-                label=None if starred else "selected (lowest held-out loss)",
-            )
+            label = None if starred else "selected (lowest held-out loss)"
+            _mark_kept(ax, level + offsets[best], losses[best], 130, label)
             starred = True
         missing = int((~ok).sum())
         if missing:
@@ -642,6 +633,21 @@ def _reference_lines(ax, run: Run) -> bool:
             )
             labelled = drawn = True
     return drawn
+
+
+def _mark_kept(ax, x: float, y: float, size: float, label: str | None) -> None:
+    """The kept restart's red star (loss.png, restarts.png)."""
+    ax.scatter(
+        x,
+        y,
+        marker="*",
+        s=size,
+        color="red",
+        edgecolors="black",
+        linewidths=0.5,
+        zorder=3,
+        label=label,
+    )
 
 
 def _nothing_finite(ax) -> None:
@@ -716,17 +722,8 @@ def _restart_loss_panel(ax, run: Run, colors: np.ndarray) -> None:
         kept = level.best_restart
         if kept is not None and kept in which:
             k = int(np.flatnonzero(which == kept)[0])
-            ax.scatter(
-                index + offsets[kept],
-                y[k],
-                marker="*",
-                s=120,
-                color="red",
-                edgecolors="black",
-                linewidths=0.5,
-                zorder=3,
-                label=None if marked else "kept (lowest held-out loss)",
-            )
+            label = None if marked else "kept (lowest held-out loss)"
+            _mark_kept(ax, index + offsets[kept], y[k], 120, label)
             marked = True
         within = stats.get("within_1pct", int((excess <= NEAR_BEST).sum()))
         ax.annotate(

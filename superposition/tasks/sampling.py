@@ -223,11 +223,20 @@ class SecondActiveStrata:
             return torch.ones(
                 probability.shape[0], 1, dtype=torch.float64, device=probability.device
             )
+        if self.first is None:
+            return self._second_weights(probability)
         p = probability.double().view(-1, 1)
         b = self.second.to(probability.device).double()
         weight = (1 - p).pow(b - 1)  # 0⁰ = 1 at p = 1
-        if self.first is None:
-            weight = weight * b  # the b positions of the first
+        return weight / weight.sum(dim=1, keepdim=True)
+
+    def _second_weights(
+        self, probability: Annotated[Tensor, "instance"]
+    ) -> Annotated[Tensor, "instance second"]:
+        """P(the second active feature is at b | K >= 2), b = 1 .. F − 1: ∝ b (1 − p)^(b − 1),
+        the b positions of the first (0⁰ = 1 at p = 1)."""
+        b = torch.arange(1, self.n_features, dtype=torch.float64, device=probability.device)
+        weight = b * (1 - probability.double().view(-1, 1)).pow(b - 1)
         return weight / weight.sum(dim=1, keepdim=True)
 
     def positions(
@@ -239,10 +248,7 @@ class SecondActiveStrata:
     ) -> tuple[Tensor, Tensor]:
         """(second, first) positions of each row in its stratum (u_*: uniforms in (0, 1))."""
         if self.second is None:
-            position = torch.arange(1, self.n_features, dtype=torch.float64, device=u_second.device)
-            p = probability.double().view(-1, 1)
-            weight = position * (1 - p).pow(position - 1)
-            cdf = (weight.cumsum(dim=1) / weight.sum(dim=1, keepdim=True)).contiguous()
+            cdf = self._second_weights(probability).cumsum(dim=1).contiguous()
             second = 1 + torch.searchsorted(cdf, u_second.double().contiguous())
             second = second.clamp_max(self.n_features - 1)
         else:
