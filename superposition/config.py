@@ -120,6 +120,9 @@ class TrainConfig:
     memory_budget_mb: float = 0.0
     # steps between checkpoints in the output directory; 0 = only when the job is told to stop
     checkpoint_every: int = 1000
+    # CPU threads of torch; 0 = auto: the CPUs the job was given less those busy at its start,
+    # one for training steps too small to share (engine/threads.py); never changes a result
+    threads: int = 0
 
 
 @dataclass
@@ -282,6 +285,10 @@ def _validate_train(cfg: Config) -> None:
     _require(
         cfg.train.weight_decay >= 0,
         f"train.weight_decay must be >= 0, got {cfg.train.weight_decay}",
+    )
+    _require(
+        cfg.train.threads >= 0,
+        f"train.threads must be >= 0 (0 = automatic), got {cfg.train.threads}",
     )
     _require(
         cfg.train.chunk_size >= 0,

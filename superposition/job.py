@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +30,7 @@ from superposition.analysis.verdicts import Report, judge, write_report
 from superposition.config import Config, ConfigError
 from superposition.engine import bytes_per_instance, resolve_engine
 from superposition.engine.device import free_memory_bytes, resolve_device
+from superposition.engine.threads import largest_block, plan_threads, using
 from superposition.engine.train import TrainResult, train_grid
 from superposition.grid import InstanceGrid, phase_cell, phase_sweep_grid, sparsity_grid
 from superposition.live import LiveReport
@@ -91,14 +92,15 @@ def build_grid(config: Config) -> InstanceGrid:
 def config_fingerprint(config: Config) -> str:
     """Fingerprint of the values that decide a run's results (not where or how fast it runs).
 
-    The engine is left out like the chunk size and the device: both engines train to the same
-    weights up to float rounding, so a run resumes with either. A built-in task is its name (the
-    fingerprints of earlier versions stay valid); a task of your own is its name and the file and
-    content of its module, so that an edited module is not taken for the finished run."""
+    The engine is left out like the chunk size, the thread count and the device: both engines
+    train to the same weights up to float rounding, so a run resumes with either. A built-in
+    task is its name (the fingerprints of earlier versions stay valid); a task of your own is its
+    name and the file and content of its module, so that an edited module is not taken for the
+    finished run."""
     values = asdict(config)
     for key in ("wandb", "device"):
         values.pop(key)
-    for key in ("chunk_size", "memory_budget_mb", "checkpoint_every", "engine"):
+    for key in ("chunk_size", "memory_budget_mb", "checkpoint_every", "engine", "threads"):
         values["train"].pop(key)
     if config.task.module is None:
         values["task"] = config.task.name
@@ -351,6 +353,9 @@ def _run_locked(
     run_fingerprint = config_fingerprint(config)
     device = resolve_device(config.device)
     spec, grid = model_spec(config), build_grid(config)
+    threads = plan_threads(config.train.threads, largest_block(spec, grid, config.train.batch_size))
+    torch.set_num_threads(threads.other)
+    print(threads.describe())
     checkpointer = Checkpointer(out_dir, run_fingerprint, config.train.checkpoint_every)
     saved = checkpointer.load()
     if saved is not None:
@@ -366,19 +371,21 @@ def _run_locked(
                 if stop.received is not None:
                     stop.stop(checkpointer.path)
 
-            trained = train_grid(
-                spec,
-                grid,
-                config.train,
-                config.seed,
-                device,
-                checkpointer,
-                saved,
-                data=config.data,
-                observer=live,
-            )
+            with using(threads.train):
+                trained = train_grid(
+                    spec,
+                    grid,
+                    config.train,
+                    config.seed,
+                    device,
+                    checkpointer,
+                    saved,
+                    data=config.data,
+                    observer=live,
+                )
             live.ended()
             results, best = _analyse(config, spec, grid, trained, device, stop_point)
+            results = replace(results, threads=threads.to_json())
             history = {
                 "steps": torch.tensor(trained.history_steps),
                 "loss": trained.loss_history.view(-1, grid.n_levels, grid.restarts),

@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+from datetime import datetime
 
 from conftest import CONF_DIR, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from hydra_plugins.superposition_launchers.launchers import cpu_shares
 from superposition.config import register_configs
 from superposition.sweep.__main__ import main as sweep_command
 
@@ -67,11 +70,13 @@ def test_unknown_cluster_is_refused():
 
 
 def test_local_multirun_runs_every_job_in_its_own_process(tmp_path):
+    """Three jobs on a machine with two CPUs here: two at a time, each pinned to one CPU."""
+    cpus = len(os.sched_getaffinity(0))
     sweep = tmp_path / "sweep"
     done = run_cli(
         "-m",
         "task=identity",
-        "model.d_hidden=2,3",
+        "model.d_hidden=2,3,4",
         "train.steps=30",
         "train.restarts=2",
         "eval.batch_size=1024",
@@ -82,16 +87,27 @@ def test_local_multirun_runs_every_job_in_its_own_process(tmp_path):
         f"hydra.sweep.dir={sweep}",
     )
     assert done.returncode == 0, done.stderr
-    assert f"started 2 jobs on this machine; waiting for them (sweep directory: {sweep}" in (
+    at_once = min(3, cpus)
+    pace = f", {at_once} at a time" if at_once < 3 else ""
+    assert f"started 3 jobs on this machine{pace}; waiting for them (sweep directory: {sweep}" in (
         done.stdout
     )
     # named after their overrides (sorted by key), not their job numbers
     job_dirs = sorted(sweep.glob("eval.batch_size=1024,model.d_hidden=*"))
-    assert [d.name.split(",")[1] for d in job_dirs] == ["model.d_hidden=2", "model.d_hidden=3"]
-    assert all((d / "results.json").is_file() for d in job_dirs)
+    names = [d.name.split(",")[1] for d in job_dirs]
+    assert names == ["model.d_hidden=2", "model.d_hidden=3", "model.d_hidden=4"]
+    results = [json.loads((d / "results.json").read_text()) for d in job_dirs]
+    # each job used its share of the CPUs, and said so
+    assert all(r["threads"]["source"] == "local launcher share" for r in results)
+    assert all(r["threads"]["cpus"] == cpus // at_once for r in results)
     logs = sorted((sweep / ".submitit").glob("*/*_0_log.out"))
-    assert len(logs) == 2
+    assert len(logs) == 3
     assert all("Job completed successfully" in log.read_text() for log in logs)
+    assert all("in the local launcher share" in log.read_text() for log in logs)
+    # never more jobs at once than the machine has CPUs: their lifetimes from submitit's logs
+    spans = [job_span(log.read_text()) for log in logs]
+    most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most <= at_once, spans
 
     # followed and collected like any sweep: the manifest knows the local jobs' ids
     manifest = json.loads((sweep / "manifest.json").read_text())
@@ -99,8 +115,28 @@ def test_local_multirun_runs_every_job_in_its_own_process(tmp_path):
     assert all(job["scheduler_id"] for job in manifest["jobs"])
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert sweep_command(["status", str(sweep)]) == 0
-    assert out.getvalue().splitlines()[-1] == "2 jobs: 2 finished"
+    assert out.getvalue().splitlines()[-1] == "3 jobs: 3 finished"
     with contextlib.redirect_stdout(io.StringIO()):
         assert sweep_command(["collect", str(sweep)]) == 0
     rows = (sweep / "sweep.csv").read_text().splitlines()
-    assert rows[0].startswith("job,model.d_hidden,") and len(rows) == 1 + 2
+    assert rows[0].startswith("job,model.d_hidden,") and len(rows) == 1 + 3
+
+
+def job_span(log: str) -> tuple[datetime, datetime]:
+    """(start, end) of a local job from submitit's log lines."""
+    stamps = [
+        datetime.strptime(line.split("(", 1)[1][:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in log.splitlines()
+        if line.startswith("submitit INFO (")
+    ]
+    return stamps[0], stamps[-1]
+
+
+def test_local_jobs_share_the_cpus_at_most_one_job_per_cpu():
+    sixteen = list(range(16))
+    assert cpu_shares(sixteen, 4, 0) == ["0,1,2,3", "4,5,6,7", "8,9,10,11", "12,13,14,15"]
+    assert cpu_shares(sixteen, 40, 0) == [str(cpu) for cpu in sixteen]
+    assert cpu_shares(sixteen, 40, 2) == ["0,1,2,3,4,5,6,7", "8,9,10,11,12,13,14,15"]
+    assert cpu_shares(sixteen, 1, 0) == [",".join(map(str, sixteen))]
+    assert cpu_shares([0, 1, 2], 2, 0) == ["0", "1"]  # equal shares, the rest unused
+    assert launcher("cluster=local").max_parallel == 0

@@ -110,7 +110,13 @@ def test_a_format_1_file_loads_into_the_typed_results(tmp_path):
 
 
 # keys that came after format 1, run-wide and per level, with the value a format-1 file reads as
-ADDED_KEYS = {"format": FORMAT, "task_module": None, "engine": None, "eval_method": None}
+ADDED_KEYS = {
+    "format": FORMAT,
+    "task_module": None,
+    "engine": None,
+    "eval_method": None,
+    "threads": None,
+}
 ADDED_LEVEL_KEYS = {
     "eval_loss_se": None,
     "restart_eval_loss_se": [],

@@ -38,6 +38,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from superposition.config import ConfigError
+from superposition.engine.cpus import LOCAL_CPUS_ENV, format_cpu_list
 from superposition.sweep.manifest import (
     Job,
     Manifest,
@@ -49,6 +50,8 @@ from superposition.sweep.manifest import (
 from superposition.sweep.status import sweep_status
 
 MODULE = "hydra_plugins.superposition_launchers.launchers"
+# seconds between looks at the running local jobs
+LOCAL_POLL_S = 0.5
 
 
 def sweep_group(config: DictConfig) -> str:
@@ -331,18 +334,76 @@ def print_submitted(sweep_dir: Path, submitted: list) -> None:
     print("\n".join(lines), flush=True)
 
 
-def print_waiting(sweep_dir: Path, name: str, submitted: list) -> None:
+def print_waiting(sweep_dir: Path, name: str, submitted: list, at_once: int | None = None) -> None:
     where = "SLURM" if name == "slurm" else "this machine"
+    pace = f", {at_once} at a time" if at_once is not None and at_once < len(submitted) else ""
     print(
-        f"started {len(submitted)} job{'s' if len(submitted) != 1 else ''} on {where}; waiting "
-        f"for them (sweep directory: {sweep_dir}; follow it with python -m superposition.sweep "
-        f"status {sweep_dir})",
+        f"started {len(submitted)} job{'s' if len(submitted) != 1 else ''} on {where}{pace}; "
+        f"waiting for them (sweep directory: {sweep_dir}; follow it with python -m "
+        f"superposition.sweep status {sweep_dir})",
         flush=True,
     )
 
 
 class LocalSweepLauncher(_SweepSubmitit, LocalLauncher):
+    """Every job in its own process on this machine, at most as many at once as the machine has
+    CPUs for (hydra.launcher.max_parallel, 0: one per CPU of this process's affinity mask), each
+    pinned to its share of the CPUs (superposition.engine.threads reads it), so that the jobs of
+    a sweep do not fight for cores. The jobs are recorded in the manifest before the first one
+    starts; a job's submitit id is added once it has started."""
+
     _NAME = "local"
+
+    def __init__(self, **params) -> None:
+        self.max_parallel = int(params.pop("max_parallel", 0) or 0)
+        super().__init__(**params)
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        with planning(self, job_overrides, initial_job_idx) as (manifest, plan):
+            record_submission(manifest, self.config, self._NAME, plan, wait=True)
+        jobs = plan.launch
+        if not jobs:
+            return []
+        shares = cpu_shares(sorted(os.sched_getaffinity(0)), len(jobs), self.max_parallel)
+        print_waiting(sweep_dir, self._NAME, jobs, len(shares))
+        executor = self._executor()
+        state = Singleton.get_state()
+        waiting, running, started = list(jobs), {}, {}
+        while waiting or running:
+            for share in [share for share in shares if share not in running.values()]:
+                if not waiting:
+                    break
+                job = waiting.pop(0)
+                executor.update_parameters(local_setup=[f"export {LOCAL_CPUS_ENV}={share}"])
+                arguments = (job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}")
+                started[job.dir] = executor.submit(self, *arguments, state)
+                running[job.dir] = share
+                record_scheduler_id(sweep_dir, job.dir, started[job.dir].job_id)
+            time.sleep(LOCAL_POLL_S)
+            for directory in [d for d in running if started[d].done()]:
+                del running[directory]
+        return [started[job.dir].results()[0] for job in jobs]
+
+
+def cpu_shares(cpus: list[int], n_jobs: int, max_parallel: int) -> list[str]:
+    """The CPU lists of the jobs that run at once: as many as there are CPUs (at most
+    max_parallel when > 0, at most n_jobs), each an equal share of `cpus` (the rest unused)."""
+    parallel = max(1, min(n_jobs, len(cpus), max_parallel or len(cpus)))
+    per_job = len(cpus) // parallel
+    return [format_cpu_list(cpus[i * per_job : (i + 1) * per_job]) for i in range(parallel)]
+
+
+def record_scheduler_id(sweep_dir: Path, job_dir: str, scheduler_id: str) -> None:
+    """Add a started local job's submitit id (its log folder) to the manifest."""
+    with ManifestLock(sweep_dir):
+        manifest = read_manifest(sweep_dir)
+        job = manifest.job(job_dir) if manifest else None
+        if job is not None:
+            job.scheduler_id = scheduler_id
+            write_manifest(sweep_dir, manifest)
 
 
 class SlurmSweepLauncher(_SweepSubmitit, SlurmLauncher):
@@ -357,6 +418,8 @@ class InProcessConf(BasicLauncherConf):
 @dataclass
 class LocalSweepConf(LocalQueueConf):
     _target_: str = f"{MODULE}.LocalSweepLauncher"
+    # jobs running at once; 0 = one per CPU (each job gets an equal share of the CPUs)
+    max_parallel: int = 0
 
 
 @dataclass

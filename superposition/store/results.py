@@ -9,7 +9,8 @@ Formats:
   ("loss_constant", "loss_dedicated", "loss_closed_form", "loss_closed_form_configs" and the
   kept loss over each, "loss_ratios", in place of format 2's "baselines": {"constant",
   "no_superposition"}, read into loss_constant and loss_dedicated) and the statistics over
-  restarts ("restart_stats").
+  restarts ("restart_stats"); later also the job's thread counts ("threads", null in files
+  written before).
 - 2: the keys of format 1, plus "format": 2, "task_module" (the file of a task of your own, null
   for a built-in one) and "engine".
 - 1 (no "format" key): files written before the format was recorded; keys that came later get
@@ -166,6 +167,8 @@ class RunResults:
     levels_without_finite_restart: list[int] = field(default_factory=list)
     train_seconds: float | None = None
     instance_steps_per_s: float | None = None
+    # the thread counts the job used and why (engine/threads.py ThreadPlan)
+    threads: dict[str, Any] | None = None
     # training batches a sparse sampler cut at its capacity; expected 0
     sampler_overflows: int = 0
     verdict: str | None = None  # "PASS" or "FAIL" when a preset judged the run
