@@ -37,6 +37,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from superposition.analysis.select import select_best
 from superposition.config import ConfigError, Device, TrainConfig
 from superposition.engine import bytes_per_instance
 from superposition.engine.device import resolve_device
+from superposition.engine.threads import largest_block, plan_threads, using
 from superposition.engine.train import TrainResult, history_steps, train_grid
 from superposition.grid import InstanceGrid, sparsity_grid
 from superposition.tasks.model import InitScale, ModelSpec, init_scales
@@ -277,6 +279,7 @@ def run_project(
     seed: int,
     device: torch.device,
     memory_budget_mb: float = 0.0,
+    threads: int | None = None,
 ) -> TrainResult:
     cfg = TrainConfig(
         restarts=workload.restarts,
@@ -286,7 +289,13 @@ def run_project(
         log_every=LOG_EVERY,
         memory_budget_mb=memory_budget_mb,
     )
-    return train_grid(workload.spec, workload.grid, cfg, seed, device)
+    with using(threads or job_threads(workload, batch_size)):
+        return train_grid(workload.spec, workload.grid, cfg, seed, device)
+
+
+def job_threads(workload: Workload, batch_size: int) -> int:
+    """The training thread count a job would choose here and now (engine/threads.py)."""
+    return plan_threads(0, largest_block(workload.spec, workload.grid, batch_size)).train
 
 
 def run_side(side: str, workload: Workload, steps: int, settings: Settings, seed: int, **kw):
@@ -339,11 +348,14 @@ def held_out_loss(workload: Workload, params: dict[str, Tensor], settings: Setti
 
 
 def timed_run(side: str, workload: Workload, settings: Settings, seed: int):
+    """(seconds, trained parameters) of one run; the trainer's thread count is chosen before
+    the clock starts (a job chooses it once, not per training)."""
     device = torch.device(settings.device)
+    kw = {"threads": job_threads(workload, settings.batch_size)} if side == "project" else {}
     gc.collect()
     synchronize(device)
     t0 = time.perf_counter()
-    params, _chunk = run_side(side, workload, settings.steps, settings, seed)
+    params, _chunk = run_side(side, workload, settings.steps, settings, seed, **kw)
     synchronize(device)
     return time.perf_counter() - t0, params
 
@@ -607,6 +619,86 @@ def profile_project(workload: Workload, settings: Settings, steps: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Under load: k CPU-bound neighbour processes
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def neighbours(k: int) -> Any:
+    """k CPU-bound processes (a Python busy loop each, like another job's or a notebook's
+    compute) for the duration of the block."""
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
+    try:
+        time.sleep(0.5 if k else 0.0)  # let them take their CPUs
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+
+
+def throughputs_under_load(
+    workload: Workload, settings: Settings, k: int, log: Callable[[str], None]
+) -> dict[str, list[float]]:
+    """Instance-steps per second of every timed run of each side with k neighbours (ABBA)."""
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    with neighbours(k):
+        for repeat in range(settings.repeats):
+            for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
+                elapsed, _ = timed_run(side, workload, settings, seed=repeat)
+                rates[side].append(workload.n_instances * settings.steps / elapsed)
+                log(f"  {workload.name} k={k} repeat {repeat + 1} {side}: {elapsed:.2f} s")
+    return rates
+
+
+def bench_contention(
+    workloads: list[Workload], settings: Settings, loads: list[int], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Each side's median throughput with k = 0, 1, 3, ... neighbours, and as a fraction of its
+    own quiet (k = 0) throughput. The trainer chooses its threads as a job does (at the start
+    of every run); the course loop keeps torch's default (one thread per core)."""
+    for side in SIDES:  # warm-up, not timed
+        run_side(side, workloads[0], settings.warmup_steps, settings, seed=10_000)
+    report: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "loads": loads}
+    for workload in workloads:
+        rows = {}
+        for k in loads:
+            rates = throughputs_under_load(workload, settings, k, log)
+            rows[k] = {side: statistics.median(rates[side]) for side in SIDES}
+            rows[k]["runs"] = rates
+        quiet = rows[loads[0]]
+        for k, row in rows.items():
+            for side in SIDES:
+                row[f"{side}_of_quiet"] = row[side] / quiet[side]
+            row["fair_share"] = 1 / (k + 1)
+            row["project_over_reference"] = row["project"] / row["reference"]
+            row["project_keeps_fair_share"] = row["project_of_quiet"] >= row["fair_share"]
+        report[workload.name] = {"describe": workload.describe(), "by_load": rows}
+    return report
+
+
+def contention_table(report: dict) -> list[str]:
+    lines = [
+        f"Under load ({report['cpus']} CPUs; k CPU-bound neighbours; throughput in "
+        "instance-steps/s, median; fraction of the side's own quiet throughput)",
+        "| workload | k | course loop | of quiet | trainer | of quiet | fair share 1/(k+1) | "
+        "trainer / course loop |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, w in report.items():
+        if not isinstance(w, dict) or "by_load" not in w:
+            continue
+        for k, row in w["by_load"].items():
+            lines.append(
+                f"| {name} | {k} | {row['reference']:,.0f} | {row['reference_of_quiet']:.2f} | "
+                f"{row['project']:,.0f} | {row['project_of_quiet']:.2f} | "
+                f"{row['fair_share']:.2f} {'ok' if row['project_keeps_fair_share'] else 'BELOW'} | "
+                f"{row['project_over_reference']:.1f}x |"
+            )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
@@ -740,7 +832,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3")
     parser.add_argument("--profile", action="store_true", help="also profile the project on W1")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument(
+        "--contention",
+        action="store_true",
+        help="instead: each workload's throughput with k CPU-bound neighbour processes",
+    )
+    parser.add_argument(
+        "--neighbours",
+        default="0,1,3",
+        help="the k of --contention, comma-separated, the first the quiet baseline (default 0,1,3)",
+    )
     args = parser.parse_args(argv)
+    try:
+        args.loads = [int(k) for k in args.neighbours.split(",")]
+    except ValueError:
+        parser.error(f"--neighbours must be comma-separated integers, got {args.neighbours}")
+    if any(k < 0 for k in args.loads) or args.loads[0] != 0:
+        parser.error(
+            f"--neighbours must start with 0 and hold no negative k, got {args.neighbours}"
+        )
     for key in ("steps", "repeats", "warmup_steps", "eval_rows", "memory_steps"):
         value = getattr(args, key)
         if value is not None and value < 1:
@@ -848,6 +958,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
+    if args.contention:
+        if args.steps is None:
+            settings = replace(settings, steps=20 if args.quick else 60)
+        log(f"bench: contention, k = {args.loads}, steps {settings.steps}")
+        report = {"contention": bench_contention(workloads, settings, args.loads, log)}
+        report["wall_s"] = time.perf_counter() - started
+        print("\n".join(contention_table(report["contention"])))
+        if args.json:
+            write_json(args.json, report)
+        return 0
     report = run_bench(workloads, w1, settings, device, log)
     report["wall_s"] = time.perf_counter() - started
     print(format_report(report))

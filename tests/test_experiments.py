@@ -17,7 +17,10 @@ from superposition.job import run_job
 from superposition.run import to_config
 from superposition.store.files import read_tensors
 
-EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "preset").glob("*.yaml"))
+PRESET_FILES = sorted(path.stem for path in (CONF_DIR / "preset").glob("*.yaml"))
+# X_paper: preset X at the paper's size (same verdict), a documented command, not a tiny run here
+PAPER_SIZE = "_paper"
+EXPERIMENTS = [name for name in PRESET_FILES if not name.endswith(PAPER_SIZE)]
 TINY = [
     "train.steps=30",
     "train.restarts=2",
@@ -42,12 +45,30 @@ def test_every_preset_has_an_experiment_file_and_back():
     assert EXPERIMENTS == sorted(PRESETS)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", PRESET_FILES)
 def test_preset_composes_and_names_its_verdict(compose_config, name):
     config = to_config(compose_config(f"preset={name}"))
-    assert config.preset == name
+    assert config.preset == name.removesuffix(PAPER_SIZE)
     text = (CONF_DIR / "preset" / f"{name}.yaml").read_text()
     assert text.startswith("# @package _global_")
+
+
+def test_paper_size_presets_have_the_papers_sizes(compose_config):
+    """The base preset with only the sizes changed: 1 000 restarts of the pentagon, 400 -> 30 at
+    20+ levels down to p = 0.01, 64 restarts of abs 100 -> 40."""
+    for name in ("intro_pentagon", "dimensionality", "neuron_computation"):
+        base = to_config(compose_config(f"preset={name}"))
+        paper = to_config(compose_config(f"preset={name}{PAPER_SIZE}"))
+        assert (paper.task, paper.importance, paper.seed) == (base.task, base.importance, base.seed)
+    pentagon = to_config(compose_config("preset=intro_pentagon_paper"))
+    assert pentagon.train.restarts == 1000
+    dims = to_config(compose_config("preset=dimensionality_paper"))
+    assert (dims.model.n_features, dims.model.d_hidden) == (400, 30)
+    p = dims.sweep.feature_probability
+    assert len(p) >= 20 and p[0] == 1.0 and min(p) == pytest.approx(0.01) and p == sorted(p)[::-1]
+    neurons = to_config(compose_config("preset=neuron_computation_paper"))
+    assert (neurons.model.n_features, neurons.model.d_hidden) == (100, 40)
+    assert neurons.train.restarts >= 64
 
 
 def test_phase_preset_is_a_grid_of_relative_importance_by_probability(compose_config):
@@ -132,7 +153,7 @@ def test_unknown_preset_is_one_line(tmp_path):
     done = run_cli("preset=nope", f"hydra.run.dir={tmp_path / 'x'}")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: preset=nope is not a known choice; allowed: " + ", ".join(sorted(PRESETS))
+        "error: preset=nope is not a known choice; allowed: " + ", ".join(PRESET_FILES)
     ]
     assert not (tmp_path / "x").exists()
     assert Path(CONF_DIR / "preset").is_dir()
