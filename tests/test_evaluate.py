@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import tolerances
 
 from superposition.analysis import strata
 from superposition.analysis.evaluate import (
@@ -44,6 +45,10 @@ def random_params(spec: ModelSpec, n: int, seed: int = 0) -> dict[str, torch.Ten
     }
 
 
+def moved(params: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: value.to(device) for name, value in params.items()}
+
+
 def brute_force_one_active(spec, params, importance, points: int = 100_001) -> torch.Tensor:
     """E[loss | exactly one active] through the task's reference forward: every feature j at a
     midpoint grid of `points` values over its magnitude range, float64."""
@@ -60,13 +65,17 @@ def brute_force_one_active(spec, params, importance, points: int = 100_001) -> t
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.task}{'-relu' if s.hidden_relu else ''}")
-def test_the_exact_one_active_stratum_matches_a_brute_force_integral(spec):
+def test_the_exact_one_active_stratum_matches_a_brute_force_integral(spec, device):
     params = random_params(spec, 3)
     importance = torch.rand(3, spec.n_features, generator=torch.Generator().manual_seed(1))
     model = spec.definition.fast_path(spec.shape)
-    exact = strata.one_active_loss(model, params, importance, spec.definition.magnitudes)
+    exact = strata.one_active_loss(
+        model, moved(params, device), importance.to(device), spec.definition.magnitudes
+    )
     torch.testing.assert_close(
-        exact, brute_force_one_active(spec, params, importance), rtol=1e-7, atol=0
+        exact.cpu(),
+        brute_force_one_active(spec, params, importance),
+        **tolerances(device, rtol=1e-7, atol=0),
     )
 
 
@@ -159,7 +168,7 @@ def test_rows_from_an_offset_are_fresh_rows():
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.task}{'-relu' if s.hidden_relu else ''}")
-def test_a_single_active_feature_loss_is_the_reference_forward_s(spec):
+def test_a_single_active_feature_loss_is_the_reference_forward_s(spec, device):
     params = random_params(spec, 2, seed=6)
     importance = torch.rand(2, spec.n_features, generator=torch.Generator().manual_seed(2))
     model = spec.definition.fast_path(spec.shape)
@@ -169,8 +178,12 @@ def test_a_single_active_feature_loss_is_the_reference_forward_s(spec):
     value = low + (high - low) * torch.rand(2, 50, generator=generator)
     x = torch.zeros(2, 50, spec.n_features).scatter_(-1, feature.unsqueeze(-1), value.unsqueeze(-1))
     expected = loss_per_row(spec, params, importance, x)
-    alone = strata.SingleActiveLoss(model, params, importance)(feature, value)
-    torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-7)
+    alone = strata.SingleActiveLoss(model, moved(params, device), importance.to(device))
+    torch.testing.assert_close(
+        alone(feature.to(device), value.to(device)).cpu(),
+        expected,
+        **tolerances(device, rtol=1e-5, atol=1e-7),
+    )
 
 
 def loss_per_row(spec, params, importance, x):
@@ -296,32 +309,34 @@ def test_near_best_lists_the_restarts_the_error_cannot_tell_apart():
     assert selection.near_best == [[0, 1], [0]]  # 2.0001 is 7 SE away; restart 5 excluded
 
 
-def test_the_kept_restart_is_reported_on_fresh_rows():
+def test_the_kept_restart_is_reported_on_fresh_rows(device):
     spec = ModelSpec("identity", 5, 2)
     grid = sparsity_grid([1.0, 0.1], n_features=5, decay=0.9, restarts=4)
     params = random_params(spec, grid.n_instances, seed=4)
-    estimate = evaluate_grid(spec, params, grid, seed=0, rows=4000, device=CPU)
+    estimate = evaluate_grid(spec, params, grid, seed=0, rows=4000, device=device)
     selection = select_best(estimate.loss, torch.ones(8, dtype=torch.bool), 4, estimate.se)
-    kept = evaluate_kept(spec, gather_best(params, selection, 4), grid, 0, 4000, CPU)
+    kept = evaluate_kept(spec, gather_best(params, selection, 4), grid, 0, 4000, device)
     chosen = estimate.loss.view(2, 4)[torch.arange(2), torch.tensor(selection.best_restart)]
     assert not torch.equal(kept.loss, chosen)  # other rows
     z = (kept.loss - chosen) / (kept.se.pow(2) + estimate.se.view(2, 4)[0].pow(2).mean()).sqrt()
     assert (z.abs() < 5).all()
 
 
-def test_one_feature_and_one_row_are_estimated_without_a_sampled_stratum_or_a_false_error():
+def test_one_feature_and_one_row_are_estimated_without_a_sampled_stratum_or_a_false_error(device):
     """One feature never has two active: the estimate is exact, (1 − p) L(0) + p E[L(v)], with
     no error. One sampled row has no spread to measure: its error is unknown (NaN), not 0."""
     spec = ModelSpec("identity", 1, 1)
     params = {"W": torch.tensor([[[0.8]]]), "b_final": torch.tensor([[0.1]])}
     p = torch.tensor([0.3])
-    estimate = evaluate_instances(spec, params, torch.tensor([0]), p, torch.ones(1, 1), 0, 100, CPU)
+    estimate = evaluate_instances(
+        spec, params, torch.tensor([0]), p, torch.ones(1, 1), 0, 100, device
+    )
     v = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
     exact = 0.7 * 0.1**2 + 0.3 * (v - (0.64 * v + 0.1).relu()).pow(2).mean()
     assert estimate.loss.item() == pytest.approx(exact.item(), rel=1e-6)  # float32 weights
     assert estimate.se.item() == 0
     spec = ModelSpec("identity", 5, 2)
     one_row = evaluate_instances(
-        spec, random_params(spec, 1), torch.tensor([0]), p, torch.ones(1, 5), 0, 1, CPU
+        spec, random_params(spec, 1), torch.tensor([0]), p, torch.ones(1, 5), 0, 1, device
     )
     assert torch.isfinite(one_row.loss).all() and torch.isnan(one_row.se).all()

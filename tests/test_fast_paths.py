@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_reproduced, same_on_the_cpu, tolerances
 from features import distribution
 
 from superposition.config import TrainConfig
@@ -23,6 +24,7 @@ from superposition.engine.fast.gradients import FastModel, Workspace, gram_pays,
 from superposition.engine.train import ChunkRun
 from superposition.tasks.model import ModelSpec, forward, init_params, loss_per_instance, target_of
 
+CPU = torch.device("cpu")
 SPECS = [
     ModelSpec("identity", 5, 2),  # small enough for the Gram-matrix path (gram_pays)
     ModelSpec("identity", 12, 4),
@@ -31,8 +33,16 @@ SPECS = [
 ]
 
 
-def sampler_for(spec, probability, n_instances=3, batch_size=64, sync_free=None, as_entries=None):
-    instances = torch.arange(n_instances) + 10
+def sampler_for(
+    spec,
+    probability,
+    n_instances=3,
+    batch_size=64,
+    sync_free=None,
+    as_entries=None,
+    device=CPU,
+):
+    instances = torch.arange(n_instances, device=device) + 10
     (part, sampler), *_ = make_samplers(
         distribution(spec.task),
         7,
@@ -46,7 +56,7 @@ def sampler_for(spec, probability, n_instances=3, batch_size=64, sync_free=None,
             sampler.sync_free = sync_free
         if as_entries is not None:
             sampler.as_entries = as_entries
-            sampler.storage = torch.empty(sampler.x_size)
+            sampler.storage = torch.empty(sampler.x_size, device=device)
     return sampler
 
 
@@ -70,16 +80,18 @@ def autograd_loss_and_grads(spec, params, x, importance):
         (0.01, False, True),
     ],
 )
-def test_hand_written_gradients_equal_autograd(spec, probability, sync_free, as_entries):
-    sampler = sampler_for(spec, probability, sync_free=sync_free, as_entries=as_entries)
+def test_hand_written_gradients_equal_autograd(spec, probability, sync_free, as_entries, device):
+    sampler = sampler_for(
+        spec, probability, sync_free=sync_free, as_entries=as_entries, device=device
+    )
     assert isinstance(sampler, SparseSampler) == (probability <= batches.SPARSE_MAX_DENSITY)
     model = FastModel.of(spec)
     assert gram_pays(model) == (spec.n_features == 5)
-    params = init_params(spec, 3, torch.arange(3))
-    params["b_final"] = torch.linspace(-0.3, 0.3, 3 * spec.n_features).view(3, -1)
-    importance = 0.9 ** torch.arange(spec.n_features).float().expand(3, -1)
+    params = init_params(spec, 3, torch.arange(3, device=device))
+    params["b_final"] = torch.linspace(-0.3, 0.3, 3 * spec.n_features, device=device).view(3, -1)
+    importance = 0.9 ** torch.arange(spec.n_features, device=device).float().expand(3, -1)
     grads = {k: torch.full_like(v, float("nan")) for k, v in params.items()}
-    work = Workspace(model, 3, sampler.max_rows, torch.device("cpu"))
+    work = Workspace(model, 3, sampler.max_rows, device)
     for step in (0, 5):
         batch = sampler(step)
         assert (batch.entries is not None) == bool(as_entries)
@@ -90,18 +102,18 @@ def test_hand_written_gradients_equal_autograd(spec, probability, sync_free, as_
         assert batch.n_rows + batch.zero_rows == 64
         loss = loss_and_gradients(model, params, batch, importance, grads, work, want_loss=True)
         expected_loss, expected_grads = autograd_loss_and_grads(spec, params, full, importance)
-        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(loss, expected_loss, **tolerances(device, 1e-5, 1e-7))
         for name, grad in expected_grads.items():
-            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(grads[name], grad, **tolerances(device, 1e-4, 1e-7))
 
 
-def test_no_loss_unless_asked_and_the_same_gradients():
+def test_no_loss_unless_asked_and_the_same_gradients(device):
     spec = SPECS[2]
-    sampler = sampler_for(spec, 0.05)
-    params = init_params(spec, 3, torch.arange(3))
-    importance = torch.ones(3, spec.n_features)
+    sampler = sampler_for(spec, 0.05, device=device)
+    params = init_params(spec, 3, torch.arange(3, device=device))
+    importance = torch.ones(3, spec.n_features, device=device)
     model = FastModel.of(spec)
-    work = Workspace(model, 3, sampler.max_rows, torch.device("cpu"))
+    work = Workspace(model, 3, sampler.max_rows, device)
     with_loss = {k: torch.empty_like(v) for k, v in params.items()}
     without = {k: torch.empty_like(v) for k, v in params.items()}
     batch = sampler(2)
@@ -109,7 +121,7 @@ def test_no_loss_unless_asked_and_the_same_gradients():
     batch = sampler(2)
     assert loss_and_gradients(model, params, batch, importance, without, work, False) is None
     for name in params:
-        assert torch.equal(with_loss[name], without[name])
+        assert_reproduced(device, without[name], with_loss[name])
 
 
 def whole_batches(task, probability, n_features, n_steps, batch_size=512):
@@ -164,21 +176,25 @@ def test_sampler_distribution(task, probability, n_features):
     assert sampler.overflows.sum() == 0
 
 
-def test_sparse_draws_of_an_instance_do_not_depend_on_its_neighbours():
-    instances = torch.tensor([4, 9, 2, 7])
+def test_sparse_draws_of_an_instance_do_not_depend_on_its_neighbours(device):
+    instances = torch.tensor([4, 9, 2, 7], device=device)
     task, n_features = "identity", 30
     together = make_samplers(
         distribution(task), 1, instances, [0.01, 0.1, 0.003, 0.1], 256, n_features
     )
-    alone = make_samplers(distribution(task), 1, instances[1:2], [0.1], 256, n_features)
 
     def whole(samplers, index):
         part, sampler = next((p, s) for p, s in samplers if p.start <= index < p.stop)
         return unpack(sampler, sampler(3))[index - part.start]
 
-    assert (whole(alone, 0) != 0).sum() > 500
-    assert torch.equal(whole(together, 1), whole(alone, 0))
-    assert not torch.equal(whole(together, 3), whole(alone, 0))  # same p, other instance
+    def alone(on: torch.device):
+        instance = torch.tensor([9], device=on)
+        return whole(make_samplers(distribution(task), 1, instance, [0.1], 256, n_features), 0)
+
+    drawn_alone = same_on_the_cpu(device, alone)
+    assert (drawn_alone != 0).sum() > 500
+    assert torch.equal(whole(together, 1), drawn_alone)
+    assert not torch.equal(whole(together, 3), drawn_alone)  # same p, other instance
 
 
 def test_a_batch_beyond_the_capacity_is_cut_and_counted(monkeypatch):
@@ -201,16 +217,17 @@ def test_capacities_follow_the_mean_plus_ten_sigma():
     assert batches.sparse_capacities(0.9, 64, 10) == (640, 64)  # never above the batch
 
 
-def test_a_sync_free_step_reads_nothing_from_the_device(monkeypatch):
-    """On a GPU a step must not wait for the device. Here on the CPU, ChunkRun(sync_free=True)
-    (the GPU's setting) runs with every way of reading a tensor's value into Python disabled, and
-    agrees with the default CPU run (which sizes sparse batches exactly)."""
+def test_a_sync_free_step_reads_nothing_from_the_device(monkeypatch, device):
+    """On a GPU a step must not wait for the device. ChunkRun(sync_free=True) (the GPU's
+    setting) runs with every way of reading a tensor's value into Python disabled, and agrees
+    with the CPU's setting (sparse batches sized exactly): on the CPU, and on a GPU itself."""
     spec = ModelSpec("abs", 30, 6)
     cfg = TrainConfig(steps=12, batch_size=128, log_every=5, lr=1e-2)
     probability = [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
-    importance = torch.ones(6, 30)
+    importance = torch.ones(6, 30, device=device)
+    instances = torch.arange(6, device=device)
     runs = {
-        sync_free: ChunkRun(spec, cfg, 0, torch.arange(6), probability, importance, None, sync_free)
+        sync_free: ChunkRun(spec, cfg, 0, instances, probability, importance, None, sync_free)
         for sync_free in (False, True)
     }
 
@@ -224,7 +241,8 @@ def test_a_sync_free_step_reads_nothing_from_the_device(monkeypatch):
             runs[True].advance()
     while not runs[False].done:
         runs[False].advance()
+    close = tolerances(device, 1.3e-6, 1e-5)  # assert_close's own for float32 on the CPU
     for name in runs[False].params:
-        torch.testing.assert_close(runs[True].params[name], runs[False].params[name])
-    torch.testing.assert_close(runs[True].history, runs[False].history)
+        torch.testing.assert_close(runs[True].params[name], runs[False].params[name], **close)
+    torch.testing.assert_close(runs[True].history, runs[False].history, **close)
     assert all(group.sampler.max_rows for group in runs[True].gradients.groups)

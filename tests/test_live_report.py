@@ -117,6 +117,7 @@ def test_host_copies_on_the_cpu_are_handed_on_at_once_in_order():
     assert [loss.tolist() for _, loss in got] == [[float(s)] * 3 for s in range(4)]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_host_copies_on_cuda_go_through_pinned_buffers_in_order():
     got = []

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import tolerances
 
 from superposition.config import InitScheme, LRSchedule, Optimizer
 from superposition.engine.optim import InstanceAdam, learning_rate
@@ -17,18 +18,18 @@ from superposition.tasks.model import (
 )
 
 
-def test_identity_forward_by_hand():
+def test_identity_forward_by_hand(device):
     spec = ModelSpec("identity", n_features=3, d_hidden=2)
-    W = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]]])
-    b = torch.tensor([[0.0, -0.5, 0.1]])
-    x = torch.tensor([[[1.0, 0.0, 0.5]]])
+    W = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]]], device=device)
+    b = torch.tensor([[0.0, -0.5, 0.1]], device=device)
+    x = torch.tensor([[[1.0, 0.0, 0.5]]], device=device)
     # W x = [1.5, -0.5]; Wᵀ(Wx) = [1.5, -0.5, 2.0]; + b = [1.5, -1.0, 2.1]; ReLU
     out = forward(spec, {"W": W, "b_final": b}, x)
-    torch.testing.assert_close(out, torch.tensor([[[1.5, 0.0, 2.1]]]))
+    torch.testing.assert_close(out.cpu(), torch.tensor([[[1.5, 0.0, 2.1]]]))
     relu_spec = ModelSpec("identity", 3, 2, hidden_relu=True)
     # ReLU(Wx) = [1.5, 0]; Wᵀ h = [1.5, 0, 1.5]; + b = [1.5, -0.5, 1.6]
     out = forward(relu_spec, {"W": W, "b_final": b}, x)
-    torch.testing.assert_close(out, torch.tensor([[[1.5, 0.0, 1.6]]]))
+    torch.testing.assert_close(out.cpu(), torch.tensor([[[1.5, 0.0, 1.6]]]))
 
 
 def test_abs_forward_and_target_by_hand():
@@ -53,8 +54,8 @@ def test_loss_is_importance_weighted_mean_over_batch_and_features():
     )
 
 
-def test_initialisation_statistics():
-    instances = torch.arange(2000)
+def test_initialisation_statistics(device):
+    instances = torch.arange(2000, device=device)
     identity = init_params(ModelSpec("identity", 5, 2), 0, instances)  # auto: per_instance
     assert identity["W"].shape == (2000, 2, 5)
     assert abs(identity["W"].std().item() - math.sqrt(2 / 7)) < 0.01
@@ -65,11 +66,11 @@ def test_initialisation_statistics():
         (InitScheme.auto, math.sqrt(6 / 160), math.sqrt(6 / 160)),  # auto: course for abs
         (InitScheme.per_instance, math.sqrt(6 / 20), math.sqrt(6 / 8)),
     ]:
-        absolute = init_params(ModelSpec("abs", 20, 8, init=init), 0, torch.arange(200))
+        absolute = init_params(ModelSpec("abs", 20, 8, init=init), 0, instances[:200])
         assert bound1 >= absolute["W1"].abs().max() > 0.98 * bound1
         assert bound2 >= absolute["W2"].abs().max() > 0.98 * bound2
     # each instance's weights depend only on its own index
-    again = init_params(ModelSpec("identity", 5, 2), 0, torch.tensor([1234]))
+    again = init_params(ModelSpec("identity", 5, 2), 0, instances[1234:1235])
     assert torch.equal(again["W"][0], identity["W"][1234])
 
 
@@ -105,22 +106,22 @@ def test_auto_init_resolves_by_task():
     "kind, torch_optimizer",
     [(Optimizer.adam, torch.optim.Adam), (Optimizer.adamw, torch.optim.AdamW)],
 )
-def test_instance_adam_matches_torch(kind, torch_optimizer):
+def test_instance_adam_matches_torch(kind, torch_optimizer, device):
     torch.manual_seed(0)
-    start = torch.randn(3, 4, 5)
+    start = torch.randn(3, 4, 5).to(device)
     ours = start.clone().requires_grad_(True)
     theirs = start.clone().requires_grad_(True)
     optimizer = InstanceAdam([ours], kind, weight_decay=0.01)
     reference = torch_optimizer([theirs], lr=0.01, weight_decay=0.01)
-    finite = torch.ones(3, dtype=torch.bool)
+    finite = torch.ones(3, dtype=torch.bool, device=device)
     for step in range(20):
-        target = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(step))
+        target = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(step)).to(device)
         for p in (ours, theirs):
             p.grad = None
             ((p - target) ** 2).sum().backward()
         optimizer.step(0.01, finite)
         reference.step()
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, theirs, **tolerances(device, 1e-5, 1e-6))
 
 
 def test_frozen_instance_keeps_its_parameters():

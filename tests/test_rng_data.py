@@ -4,23 +4,26 @@ import math
 
 import pytest
 import torch
+from conftest import same_on_the_cpu
 from features import distribution
 
 from superposition import rng
 from superposition.tasks.sampling import BatchSampler, features_from_uniform
 
 
-def test_tensor_hash_matches_the_python_reference():
+def test_tensor_hash_matches_the_python_reference(device):
     values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 0xDEADBEEF, 987654321]
-    as_int32 = torch.tensor([v - 2**32 if v >= 2**31 else v for v in values], dtype=torch.int32)
+    signed = [v - 2**32 if v >= 2**31 else v for v in values]
+    as_int32 = torch.tensor(signed, dtype=torch.int32, device=device)
     hashed = rng.hash32(as_int32).tolist()
     assert [h & 0xFFFFFFFF for h in hashed] == [rng.hash32_int(v) for v in values]
 
 
-def test_in_place_hash_equals_the_hash():
+def test_in_place_hash_equals_the_hash(device):
     x = torch.randint(-(2**31), 2**31 - 1, (3, 1000), dtype=torch.int32)
-    expected = rng.hash32(x)
-    assert torch.equal(rng.hash32_(x.clone(), torch.empty_like(x)), expected)
+    expected = rng.hash32(x)  # on the CPU
+    on_device = x.to(device)
+    assert torch.equal(rng.hash32_(on_device, torch.empty_like(on_device)).cpu(), expected)
 
 
 def test_hash_is_a_bijection_on_a_block():
@@ -28,9 +31,12 @@ def test_hash_is_a_bijection_on_a_block():
     assert torch.unique(rng.hash32(x)).numel() == x.numel()
 
 
-def test_uniforms_lie_in_the_open_interval_with_uniform_moments():
-    keys = rng.instance_keys(0, 1, torch.arange(4))
-    u = rng.UniformStream(keys, 4096, 64).block(7)
+def test_uniforms_lie_in_the_open_interval_with_uniform_moments(device):
+    def block(on: torch.device, step: int = 7) -> torch.Tensor:
+        keys = rng.instance_keys(0, 1, torch.arange(4, device=on))
+        return rng.UniformStream(keys, 4096, 64).block(step)
+
+    u = same_on_the_cpu(device, block)
     assert u.shape == (4, 4096, 64)
     assert 0 < u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 2e-3
@@ -38,19 +44,20 @@ def test_uniforms_lie_in_the_open_interval_with_uniform_moments():
     # streams of different instances and steps are uncorrelated
     flat = u.view(4, -1)
     corr = torch.corrcoef(flat)
-    assert (corr - torch.eye(4)).abs().max() < 0.01
-    other_step = rng.UniformStream(keys, 4096, 64).block(8).view(4, -1)
+    assert (corr - torch.eye(4, device=device)).abs().max() < 0.01
+    other_step = block(device, step=8).view(4, -1)
     assert abs(torch.corrcoef(torch.stack([flat[0], other_step[0]]))[0, 1]) < 0.01
 
 
-def test_streams_do_not_depend_on_which_instances_are_drawn_together():
-    everything = BatchSampler(
-        distribution("identity"), 3, torch.arange(10), torch.full((10,), 0.5), 32, 5
-    )
-    some = BatchSampler(
-        distribution("identity"), 3, torch.tensor([7, 2]), torch.full((2,), 0.5), 32, 5
-    )
-    assert torch.equal(everything(11)[[7, 2]], some(11))
+def test_streams_do_not_depend_on_which_instances_are_drawn_together(device):
+    def sampler(instances: list[int], on: torch.device) -> BatchSampler:
+        probability = torch.full((len(instances),), 0.5, device=on)
+        indices = torch.tensor(instances, device=on)
+        return BatchSampler(distribution("identity"), 3, indices, probability, 32, 5)
+
+    everything = sampler(list(range(10)), device)
+    some = same_on_the_cpu(device, lambda on: sampler([7, 2], on)(11))
+    assert torch.equal(everything(11)[[7, 2]], some)
     assert not torch.equal(everything(11), everything(12))
 
 
