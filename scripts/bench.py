@@ -145,6 +145,8 @@ class Settings:
     matmul_size: int
     loss_tolerance: float
     device: str
+    # the trainer's train.threads (0: the job's automatic choice)
+    trainer_threads: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,9 +295,10 @@ def run_project(
         return train_grid(workload.spec, workload.grid, cfg, seed, device)
 
 
-def job_threads(workload: Workload, batch_size: int) -> int:
-    """The training thread count a job would choose here and now (engine/threads.py)."""
-    return plan_threads(0, largest_block(workload.spec, workload.grid, batch_size)).train
+def job_threads(workload: Workload, batch_size: int, requested: int = 0) -> int:
+    """The training thread count a job with train.threads=requested would choose here and now
+    (engine/threads.py)."""
+    return plan_threads(requested, largest_block(workload.spec, workload.grid, batch_size)).train
 
 
 def run_side(side: str, workload: Workload, steps: int, settings: Settings, seed: int, **kw):
@@ -351,7 +354,8 @@ def timed_run(side: str, workload: Workload, settings: Settings, seed: int):
     """(seconds, trained parameters) of one run; the trainer's thread count is chosen before
     the clock starts (a job chooses it once, not per training)."""
     device = torch.device(settings.device)
-    kw = {"threads": job_threads(workload, settings.batch_size)} if side == "project" else {}
+    threads = job_threads(workload, settings.batch_size, settings.trainer_threads)
+    kw = {"threads": threads} if side == "project" else {}
     gc.collect()
     synchronize(device)
     t0 = time.perf_counter()
@@ -643,6 +647,9 @@ def throughputs_under_load(
     """Instance-steps per second of every timed run of each side with k neighbours (ABBA)."""
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
     with neighbours(k):
+        rates["trainer_threads"] = [
+            job_threads(workload, settings.batch_size, settings.trainer_threads)
+        ]
         for repeat in range(settings.repeats):
             for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
                 elapsed, _ = timed_run(side, workload, settings, seed=repeat)
@@ -665,6 +672,7 @@ def bench_contention(
         for k in loads:
             rates = throughputs_under_load(workload, settings, k, log)
             rows[k] = {side: statistics.median(rates[side]) for side in SIDES}
+            rows[k]["trainer_threads"] = rates.pop("trainer_threads")[0]
             rows[k]["runs"] = rates
         quiet = rows[loads[0]]
         for k, row in rows.items():
@@ -681,8 +689,8 @@ def contention_table(report: dict) -> list[str]:
     lines = [
         f"Under load ({report['cpus']} CPUs; k CPU-bound neighbours; throughput in "
         "instance-steps/s, median; fraction of the side's own quiet throughput)",
-        "| workload | k | course loop | of quiet | trainer | of quiet | fair share 1/(k+1) | "
-        "trainer / course loop |",
+        "| workload | k | course loop | of quiet | trainer (threads) | of quiet | "
+        "fair share 1/(k+1) | trainer / course loop |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, w in report.items():
@@ -691,7 +699,8 @@ def contention_table(report: dict) -> list[str]:
         for k, row in w["by_load"].items():
             lines.append(
                 f"| {name} | {k} | {row['reference']:,.0f} | {row['reference_of_quiet']:.2f} | "
-                f"{row['project']:,.0f} | {row['project_of_quiet']:.2f} | "
+                f"{row['project']:,.0f} ({row['trainer_threads']}) | "
+                f"{row['project_of_quiet']:.2f} | "
                 f"{row['fair_share']:.2f} {'ok' if row['project_keeps_fair_share'] else 'BELOW'} | "
                 f"{row['project_over_reference']:.1f}x |"
             )
@@ -838,6 +847,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead: each workload's throughput with k CPU-bound neighbour processes",
     )
     parser.add_argument(
+        "--trainer-threads",
+        type=int,
+        default=0,
+        help="the trainer's thread count, as train.threads (default 0: a job's automatic choice)",
+    )
+    parser.add_argument(
         "--neighbours",
         default="0,1,3",
         help="the k of --contention, comma-separated, the first the quiet baseline (default 0,1,3)",
@@ -855,6 +870,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, key)
         if value is not None and value < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if args.trainer_threads < 0:
+        parser.error(f"--trainer-threads must be >= 0, got {args.trainer_threads}")
     if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
         parser.error(f"--memory-budget-mb must be > 0, got {args.memory_budget_mb}")
     return args
@@ -885,6 +902,7 @@ def make_settings(args: argparse.Namespace, device: torch.device) -> Settings:
         matmul_size=256 if args.tiny else 2048,
         loss_tolerance=args.loss_tolerance,
         device=device.type,
+        trainer_threads=args.trainer_threads,
     )
 
 
@@ -913,6 +931,9 @@ def run_bench(
         "device_name": device_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "trainer_threads": {
+            w.name: job_threads(w, settings.batch_size, settings.trainer_threads) for w in workloads
+        },
         "settings": asdict(settings),
         "flop_count": FLOP_COUNT,
         "memory_method": MEMORY_METHOD,

@@ -20,8 +20,8 @@ Steps, in order, each with a time limit (all four well under 8 minutes on an H20
    Python's, torch's and CUDA's versions and the GPU's name.
 2. gpu_tests: `pytest -m gpu`, the numeric tests on device=cuda.
 3. bench: scripts/bench.py --device cuda --quick, its JSON copied in.
-4. paper_run: preset=neuron_computation at 64 restarts on cuda (abs 100 -> 40, 7 levels, 5000
-   steps): wall time, results.json's headline figures and the report's verdict.
+4. paper_run: preset=neuron_computation_paper on cuda (abs 100 -> 40, 7 levels x 64 restarts,
+   5000 steps): wall time, results.json's headline figures and the report's verdict.
 The JSON is written after every step, so a check cut short keeps what it did; a step that runs
 out of time is recorded as a timeout and the next one starts. Each step's whole output is kept in
 the folder <out>.logs beside the JSON.
@@ -139,12 +139,12 @@ TAIL_CHARS = 3000
 
 GPU_SIZES = {
     "bench": ["--device", "cuda", "--quick"],
-    "paper_run": ["preset=neuron_computation", "train.restarts=64", "device=cuda"],
+    "paper_run": ["preset=neuron_computation_paper", "device=cuda"],
 }
 DRY_RUN_SIZES = {
     "bench": ["--device", "cpu", "--quick", "--tiny", "--steps", "10", "--repeats", "1"]
     + ["--only", "W1"],
-    "paper_run": ["preset=neuron_computation", "device=cpu", "train.restarts=1"]
+    "paper_run": ["preset=neuron_computation_paper", "device=cpu", "train.restarts=1"]
     + ["train.steps=20", "eval.batch_size=2048"],
 }
 # results.json's keys (superposition/store/results.py) that the JSON copies: the run's and each

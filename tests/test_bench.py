@@ -150,3 +150,43 @@ def test_cli_smoke_run_writes_json(tmp_path):
     assert [row["n_instances"] for row in rows] == [14, 140, 140]
     assert rows[1]["chunk_size"] < 140 and rows[2]["chunk_size"] == 140
     assert len(report["verdicts"]) == 1 and report["verdicts"][0].startswith("W1: ")
+
+
+def test_contention_mode_times_both_sides_beside_real_neighbour_processes(tmp_path):
+    """--contention with k = 0 and 1 CPU-bound neighbours (real processes); the figures are
+    timings, so the test checks their shape and the fractions' arithmetic, not their values."""
+    out = tmp_path / "contention.json"
+    args = ["--contention", "--tiny", "--steps", "3", "--repeats", "1", "--only", "W1,W3"]
+    args += ["--neighbours", "0,1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("Under load (")
+    report = json.loads(out.read_text())["contention"]
+    assert report["loads"] == [0, 1] and report["cpus"] == len(os.sched_getaffinity(0))
+    for name in ("W1", "W3"):
+        quiet, loaded = (report[name]["by_load"][k] for k in ("0", "1"))
+        assert quiet["project_of_quiet"] == quiet["reference_of_quiet"] == 1.0
+        assert loaded["fair_share"] == 0.5
+        assert loaded["project_of_quiet"] == loaded["project"] / quiet["project"]
+        assert loaded["trainer_threads"] >= 1
+        assert f"| {name} | 1 |" in proc.stdout
+    # no neighbour outlives the benchmark
+    leftover = subprocess.run(["pgrep", "-f", "while True: pass"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_contention_mode_refuses_a_load_list_without_the_quiet_baseline():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--contention", "--neighbours", "1,3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--neighbours must start with 0 and hold no negative k, got 1,3" in proc.stderr
