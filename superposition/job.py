@@ -89,6 +89,10 @@ def build_grid(config: Config) -> InstanceGrid:
     )
 
 
+# at most this many restart numbers in a printed line; more are counted
+LISTED_RESTARTS = 10
+
+
 def config_fingerprint(config: Config) -> str:
     """Fingerprint of the values that decide a run's results (not where or how fast it runs).
 
@@ -535,7 +539,7 @@ def print_summary(results: RunResults, out_dir: Path) -> None:
     )
     print(f"best eval loss per level: {best}")
     ties = [
-        f"p={level.feature_probability:g}: restarts {', '.join(map(str, level.near_best_restarts))}"
+        f"p={level.feature_probability:g}: {_restart_list(level.near_best_restarts)}"
         for level in results.levels
         if len(level.near_best_restarts) > 1
     ]
@@ -559,6 +563,13 @@ def _loss_text(level: LevelResult) -> str:
     if level.eval_loss_se is None:
         return f"{level.eval_loss:.4g}"
     return f"{level.eval_loss:.4g} ± {level.eval_loss_se:.1g}"
+
+
+def _restart_list(restarts: list[int]) -> str:
+    """'restarts 0, 3, 7', or with many only their count (results.json lists them all)."""
+    if len(restarts) <= LISTED_RESTARTS:
+        return f"restarts {', '.join(map(str, restarts))}"
+    return f"{len(restarts)} restarts (listed in results.json, near_best_restarts)"
 
 
 def print_restarts_compact(levels: list[LevelResult]) -> None:

@@ -213,3 +213,14 @@ def test_report_states_the_share_of_restarts():
     for level in results.levels:
         level.restart_stats = None
     assert not verdicts.judge("intro_pentagon", results, weights).notes
+
+
+def test_a_long_list_of_near_best_restarts_is_counted_not_printed():
+    """With 1 000 restarts hundreds can tie with the kept one: the line gives their count."""
+    from superposition.job import LISTED_RESTARTS, _restart_list
+
+    assert _restart_list([0, 3, 7]) == "restarts 0, 3, 7"
+    many = list(range(LISTED_RESTARTS + 1))
+    assert (
+        _restart_list(many) == f"{len(many)} restarts (listed in results.json, near_best_restarts)"
+    )
