@@ -55,6 +55,7 @@ from superposition.analysis.evaluate import evaluate_grid
 from superposition.analysis.select import select_best
 from superposition.config import ConfigError, Device, TrainConfig
 from superposition.engine import bytes_per_instance
+from superposition.engine.cpus import cpu_allocation
 from superposition.engine.device import resolve_device
 from superposition.engine.threads import largest_block, plan_threads, using
 from superposition.engine.train import TrainResult, history_steps, train_grid
@@ -630,11 +631,11 @@ def profile_project(workload: Workload, settings: Settings, steps: int) -> str:
 @contextlib.contextmanager
 def neighbours(k: int) -> Any:
     """k CPU-bound processes (a Python busy loop each, like another job's or a notebook's
-    compute) for the duration of the block."""
+    compute) for the duration of the block; yields their process ids."""
     spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
     try:
         time.sleep(0.5 if k else 0.0)  # let them take their CPUs
-        yield
+        yield [process.pid for process in spinning]
     finally:
         for process in spinning:
             process.kill()
@@ -646,7 +647,8 @@ def throughputs_under_load(
 ) -> dict[str, list[float]]:
     """Instance-steps per second of every timed run of each side with k neighbours (ABBA)."""
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
-    with neighbours(k):
+    with neighbours(k) as pids:
+        rates["neighbour_pids"] = pids
         rates["trainer_threads"] = [
             job_threads(workload, settings.batch_size, settings.trainer_threads)
         ]
@@ -666,13 +668,14 @@ def bench_contention(
     of every run); the course loop keeps torch's default (one thread per core)."""
     for side in SIDES:  # warm-up, not timed
         run_side(side, workloads[0], settings.warmup_steps, settings, seed=10_000)
-    report: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "loads": loads}
+    report: dict[str, Any] = {"cpus": cpu_allocation(pin=False).cpus, "loads": loads}
     for workload in workloads:
         rows = {}
         for k in loads:
             rates = throughputs_under_load(workload, settings, k, log)
             rows[k] = {side: statistics.median(rates[side]) for side in SIDES}
             rows[k]["trainer_threads"] = rates.pop("trainer_threads")[0]
+            rows[k]["neighbour_pids"] = rates.pop("neighbour_pids")
             rows[k]["runs"] = rates
         quiet = rows[loads[0]]
         for k, row in rows.items():

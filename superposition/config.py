@@ -121,7 +121,7 @@ class TrainConfig:
     # steps between checkpoints in the output directory; 0 = only when the job is told to stop
     checkpoint_every: int = 1000
     # CPU threads of torch; 0 = auto: the CPUs the job was given less those busy at its start,
-    # one for training steps too small to share (engine/threads.py); never changes a result
+    # one for training steps too small to share (engine/threads.py)
     threads: int = 0
 
 

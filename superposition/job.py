@@ -358,52 +358,53 @@ def _run_locked(
     device = resolve_device(config.device)
     spec, grid = model_spec(config), build_grid(config)
     threads = plan_threads(config.train.threads, largest_block(spec, grid, config.train.batch_size))
-    torch.set_num_threads(threads.other)
     print(threads.describe())
-    checkpointer = Checkpointer(out_dir, run_fingerprint, config.train.checkpoint_every)
-    saved = checkpointer.load()
-    if saved is not None:
-        print(f"resuming from {checkpointer.path}")
-    with _start_tracker(config, out_dir, run_name, group, tracked_config) as tracker:
-        live = LiveReport(tracker, progress, grid, config.train, config.wandb.log_every)
-        # stop signals, from here to results.json: during training train_grid's own StopSignals
-        # acts on them at once; after it, at the next stage boundary, with the trained state
-        # already in the checkpoint (train_grid saves it last)
-        with StopSignals() as stop:
+    # torch's thread count as it was once the job ends (a notebook, an in-process multirun)
+    with using(threads.other):
+        checkpointer = Checkpointer(out_dir, run_fingerprint, config.train.checkpoint_every)
+        saved = checkpointer.load()
+        if saved is not None:
+            print(f"resuming from {checkpointer.path}")
+        with _start_tracker(config, out_dir, run_name, group, tracked_config) as tracker:
+            live = LiveReport(tracker, progress, grid, config.train, config.wandb.log_every)
+            # stop signals, from here to results.json: during training train_grid's own StopSignals
+            # acts on them at once; after it, at the next stage boundary, with the trained state
+            # already in the checkpoint (train_grid saves it last)
+            with StopSignals() as stop:
 
-            def stop_point() -> None:
-                if stop.received is not None:
-                    stop.stop(checkpointer.path)
+                def stop_point() -> None:
+                    if stop.received is not None:
+                        stop.stop(checkpointer.path)
 
-            with using(threads.train):
-                trained = train_grid(
-                    spec,
-                    grid,
-                    config.train,
-                    config.seed,
-                    device,
-                    checkpointer,
-                    saved,
-                    data=config.data,
-                    observer=live,
-                )
-            live.ended()
-            results, best = _analyse(config, spec, grid, trained, device, stop_point)
-            results = replace(results, threads=threads.to_json())
-            history = {
-                "steps": torch.tensor(trained.history_steps),
-                "loss": trained.loss_history.view(-1, grid.n_levels, grid.restarts),
-            }
-            report = _write_outputs(config, out_dir, Run(results, best, history), stop_point)
-        progress.write("finished")
-        checkpointer.remove()
-        tracker.log_results(results, out_dir)
+                with using(threads.train):
+                    trained = train_grid(
+                        spec,
+                        grid,
+                        config.train,
+                        config.seed,
+                        device,
+                        checkpointer,
+                        saved,
+                        data=config.data,
+                        observer=live,
+                    )
+                live.ended()
+                results, best = _analyse(config, spec, grid, trained, device, stop_point)
+                results = replace(results, threads=threads.to_json())
+                history = {
+                    "steps": torch.tensor(trained.history_steps),
+                    "loss": trained.loss_history.view(-1, grid.n_levels, grid.restarts),
+                }
+                report = _write_outputs(config, out_dir, Run(results, best, history), stop_point)
+            progress.write("finished")
+            checkpointer.remove()
+            tracker.log_results(results, out_dir)
+            if report is not None:
+                tracker.log_report(report.markdown(), report.summary())
+        print_summary(results, out_dir)
         if report is not None:
-            tracker.log_report(report.markdown(), report.summary())
-    print_summary(results, out_dir)
-    if report is not None:
-        print(report.markdown().rstrip())
-    return results
+            print(report.markdown().rstrip())
+        return results
 
 
 def _start_tracker(

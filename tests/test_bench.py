@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from superposition.engine.cpus import cpu_allocation
 from superposition.tasks.model import ModelSpec, forward
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,7 +169,7 @@ def test_contention_mode_times_both_sides_beside_real_neighbour_processes(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("Under load (")
     report = json.loads(out.read_text())["contention"]
-    assert report["loads"] == [0, 1] and report["cpus"] == len(os.sched_getaffinity(0))
+    assert report["loads"] == [0, 1] and report["cpus"] == cpu_allocation(pin=False).cpus
     for name in ("W1", "W3"):
         quiet, loaded = (report[name]["by_load"][k] for k in ("0", "1"))
         assert quiet["project_of_quiet"] == quiet["reference_of_quiet"] == 1.0
@@ -176,9 +177,12 @@ def test_contention_mode_times_both_sides_beside_real_neighbour_processes(tmp_pa
         assert loaded["project_of_quiet"] == loaded["project"] / quiet["project"]
         assert loaded["trainer_threads"] >= 1
         assert f"| {name} | 1 |" in proc.stdout
+        assert len(loaded["neighbour_pids"]) == 1 and quiet["neighbour_pids"] == []
     # no neighbour outlives the benchmark
-    leftover = subprocess.run(["pgrep", "-f", "while True: pass"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    for name in ("W1", "W3"):
+        for pid in report[name]["by_load"]["1"]["neighbour_pids"]:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
 
 
 def test_contention_mode_refuses_a_load_list_without_the_quiet_baseline():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from datetime import datetime
 
 from conftest import CONF_DIR, run_cli
@@ -15,6 +14,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.superposition_launchers.launchers import cpu_shares
 from superposition.config import register_configs
+from superposition.engine.cpus import cpu_allocation
 from superposition.sweep.__main__ import main as sweep_command
 
 LAUNCHERS = "hydra_plugins.superposition_launchers.launchers"
@@ -71,7 +71,7 @@ def test_unknown_cluster_is_refused():
 
 def test_local_multirun_runs_every_job_in_its_own_process(tmp_path):
     """Three jobs on a machine with two CPUs here: two at a time, each pinned to one CPU."""
-    cpus = len(os.sched_getaffinity(0))
+    cpus = cpu_allocation(pin=False).cpus
     sweep = tmp_path / "sweep"
     done = run_cli(
         "-m",
@@ -134,9 +134,11 @@ def job_span(log: str) -> tuple[datetime, datetime]:
 
 def test_local_jobs_share_the_cpus_at_most_one_job_per_cpu():
     sixteen = list(range(16))
-    assert cpu_shares(sixteen, 4, 0) == ["0,1,2,3", "4,5,6,7", "8,9,10,11", "12,13,14,15"]
-    assert cpu_shares(sixteen, 40, 0) == [str(cpu) for cpu in sixteen]
-    assert cpu_shares(sixteen, 40, 2) == ["0,1,2,3,4,5,6,7", "8,9,10,11,12,13,14,15"]
-    assert cpu_shares(sixteen, 1, 0) == [",".join(map(str, sixteen))]
-    assert cpu_shares([0, 1, 2], 2, 0) == ["0", "1"]  # equal shares, the rest unused
+    assert cpu_shares(sixteen, 16, 4, 0) == ["0,1,2,3", "4,5,6,7", "8,9,10,11", "12,13,14,15"]
+    assert cpu_shares(sixteen, 16, 40, 0) == [str(cpu) for cpu in sixteen]
+    assert cpu_shares(sixteen, 16, 40, 2) == ["0,1,2,3,4,5,6,7", "8,9,10,11,12,13,14,15"]
+    assert cpu_shares(sixteen, 16, 1, 0) == [",".join(map(str, sixteen))]
+    assert cpu_shares([0, 1, 2], 3, 2, 0) == ["0", "1"]  # equal shares, the rest unused
+    # a cgroup quota of 2 CPUs over a mask of 16: two jobs at once, one CPU each
+    assert cpu_shares(sixteen, 2, 40, 0) == ["0", "1"]
     assert launcher("cluster=local").max_parallel == 0

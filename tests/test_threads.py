@@ -13,12 +13,26 @@ import time
 import pytest
 from conftest import run_cli
 
-from superposition.engine.cpus import CpuAllocation, CpuListError, format_cpu_list, parse_cpu_list
+from superposition.engine.cpus import (
+    CpuAllocation,
+    CpuListError,
+    _cgroup_quota,
+    format_cpu_list,
+    parse_cpu_list,
+)
 from superposition.engine.threads import SMALL_BLOCK, largest_block, plan_threads
 from superposition.grid import sparsity_grid
 from superposition.tasks.model import ModelSpec
 
-CPUS = sorted(os.sched_getaffinity(0))
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity"), reason="affinity masks are Linux's"
+)
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+# a cgroup CPU quota below the mask (a container's --cpus) caps every allocation below
+QUOTA = _cgroup_quota()
+UNCAPPED = pytest.mark.skipif(
+    QUOTA is not None and QUOTA < len(CPUS), reason="a cgroup CPU quota caps the mask here"
+)
 REPORT_ALLOCATION = (
     "import json, os; from superposition.engine.cpus import cpu_allocation; a = cpu_allocation(); "
     "print(json.dumps([a.cpus, a.source, sorted(os.sched_getaffinity(0))]))"
@@ -48,17 +62,20 @@ def test_cpu_lists_read_and_write_the_kernels_format():
         parse_cpu_list("a-b")
 
 
+@UNCAPPED
 def test_the_allocation_is_the_affinity_mask():
     assert allocation_in_child({}) == [len(CPUS), "affinity mask", CPUS]
     assert allocation_in_child({}, cpus={CPUS[0]}) == [1, "affinity mask", [CPUS[0]]]
 
 
+@UNCAPPED
 def test_the_local_launchers_share_pins_the_job():
     share = str(CPUS[-1])
     got = allocation_in_child({"SUPERPOSITION_CPUS": share})
     assert got == [1, "local launcher share", [CPUS[-1]]]
 
 
+@UNCAPPED
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs 2 CPUs in the affinity mask")
 def test_slurm_cpus_per_task_caps_the_allocation_inside_a_slurm_job():
     cap = {"SLURM_CPUS_PER_TASK": "1", "SLURM_JOB_ID": "7"}

@@ -1,14 +1,16 @@
 """The runner's Hydra launchers: hydra's in-process one and hydra-submitit-launcher's local and
 SLURM ones, each of which records the sweep's jobs in SWEEP_DIR/manifest.json
-(superposition/sweep/manifest.py; in-process before the jobs run, on a cluster once the scheduler
-took them), so that `python -m superposition.sweep status|collect` know every job, started or not.
+(superposition/sweep/manifest.py; in-process and local before the jobs run, on SLURM once the
+scheduler took them), so that `python -m superposition.sweep status|collect` know every job,
+started or not.
 A job whose config already finished in the sweep, or whose directory's job is still queued or
 running, is not launched again.
 
 The SLURM launcher returns once the job array is queued (`hydra.launcher.wait=false`, its
 default): the jobs checkpoint, requeue and finish without the submitting command, and nothing is
 lost when it ends. `hydra.launcher.wait=true` waits for every job as hydra-submitit-launcher does.
-The local launcher always waits: submitit ends local jobs when the submitting process ends.
+The local launcher always waits, running at most one job per CPU at once, each pinned to its
+share; when it is interrupted or fails, it tells the running jobs to stop (they checkpoint).
 
 Hydra looks for launchers only under the `hydra_plugins` package, hence this folder.
 """
@@ -16,6 +18,7 @@ Hydra looks for launchers only under the `hydra_plugins` package, hence this fol
 import copy
 import fcntl
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -38,7 +41,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from superposition.config import ConfigError
-from superposition.engine.cpus import LOCAL_CPUS_ENV, format_cpu_list
+from superposition.engine.cpus import LOCAL_CPUS_ENV, cpu_allocation, format_cpu_list
 from superposition.sweep.manifest import (
     Job,
     Manifest,
@@ -356,6 +359,11 @@ class LocalSweepLauncher(_SweepSubmitit, LocalLauncher):
 
     def __init__(self, **params) -> None:
         self.max_parallel = int(params.pop("max_parallel", 0) or 0)
+        if self.max_parallel < 0:
+            raise ConfigError(
+                f"hydra.launcher.max_parallel must be >= 0 (0 = one job per CPU), got "
+                f"{self.max_parallel}"
+            )
         super().__init__(**params)
 
     def launch(
@@ -367,32 +375,50 @@ class LocalSweepLauncher(_SweepSubmitit, LocalLauncher):
         jobs = plan.launch
         if not jobs:
             return []
-        shares = cpu_shares(sorted(os.sched_getaffinity(0)), len(jobs), self.max_parallel)
+        allocation = cpu_allocation(pin=False)
+        cpus = sorted(allocation.ids) if allocation.ids else list(range(allocation.cpus))
+        shares = cpu_shares(cpus, allocation.cpus, len(jobs), self.max_parallel)
         print_waiting(sweep_dir, self._NAME, jobs, len(shares))
         executor = self._executor()
         state = Singleton.get_state()
-        waiting, running, started = list(jobs), {}, {}
-        while waiting or running:
-            for share in [share for share in shares if share not in running.values()]:
-                if not waiting:
-                    break
-                job = waiting.pop(0)
-                executor.update_parameters(local_setup=[f"export {LOCAL_CPUS_ENV}={share}"])
-                arguments = (job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}")
-                started[job.dir] = executor.submit(self, *arguments, state)
-                running[job.dir] = share
-                record_scheduler_id(sweep_dir, job.dir, started[job.dir].job_id)
-            time.sleep(LOCAL_POLL_S)
-            for directory in [d for d in running if started[d].done()]:
-                del running[directory]
-        return [started[job.dir].results()[0] for job in jobs]
+        waiting, running, started = list(range(len(jobs))), {}, {}
+        try:
+            while waiting or running:
+                for share in [share for share in shares if share not in running.values()]:
+                    if not waiting:
+                        break
+                    index = waiting.pop(0)
+                    started[index] = self._start(executor, jobs[index], share, state)
+                    running[index] = share
+                    record_scheduler_id(sweep_dir, jobs[index].dir, started[index].job_id)
+                time.sleep(LOCAL_POLL_S)
+                for index in [i for i in running if started[i].done()]:
+                    del running[index]
+        except BaseException:
+            # nothing outlives the command: the running jobs are told to stop (SIGINT: they
+            # checkpoint), as they would be on Ctrl-C in a terminal
+            for index in running:
+                started[index].cancel(check=False)
+            raise
+        return [started[index].results()[0] for index in range(len(jobs))]
+
+    def _start(self, executor, job: Job, share: str, state) -> object:
+        """Submit one job, its process tree pinned to `share` (taskset, where there is one) and
+        told its CPUs (LOCAL_CPUS_ENV, read by engine/cpus.py)."""
+        setup = [f"export {LOCAL_CPUS_ENV}={share}"]
+        if shutil.which("taskset"):
+            setup.append(f"{{ taskset -pc {share} $$ >/dev/null 2>&1 || true; }}")
+        executor.update_parameters(local_setup=setup)
+        arguments = (job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}")
+        return executor.submit(self, *arguments, state)
 
 
-def cpu_shares(cpus: list[int], n_jobs: int, max_parallel: int) -> list[str]:
-    """The CPU lists of the jobs that run at once: as many as there are CPUs (at most
-    max_parallel when > 0, at most n_jobs), each an equal share of `cpus` (the rest unused)."""
-    parallel = max(1, min(n_jobs, len(cpus), max_parallel or len(cpus)))
-    per_job = len(cpus) // parallel
+def cpu_shares(cpus: list[int], allowed: int, n_jobs: int, max_parallel: int) -> list[str]:
+    """The CPU lists of the jobs that run at once: one job per allowed CPU (`allowed`: the
+    CPUs the launcher may use, at most len(cpus), e.g. under a cgroup quota), at most
+    max_parallel when > 0 and at most n_jobs; each job an equal share of them, the rest unused."""
+    parallel = max(1, min(n_jobs, allowed, max_parallel or allowed))
+    per_job = max(1, min(allowed, len(cpus)) // parallel)
     return [format_cpu_list(cpus[i * per_job : (i + 1) * per_job]) for i in range(parallel)]
 
 

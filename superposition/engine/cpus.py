@@ -15,7 +15,10 @@ from superposition.config import ConfigError
 LOCAL_CPUS_ENV = "SUPERPOSITION_CPUS"
 # how long the start of a job watches its CPUs for other work, and what counts as busy
 BUSY_WINDOW_S = 0.15
+# the CPU quota of this process's cgroup: v2, else v1 (quota and period in microseconds)
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 PROC_STAT = Path("/proc/stat")
 
 
@@ -48,13 +51,25 @@ class CpuAllocation:
     source: str
 
 
+def affinity() -> frozenset[int] | None:
+    """The CPUs this process may run on; None where the system cannot say (macOS)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    return frozenset(os.sched_getaffinity(0))
+
+
 def _cgroup_quota() -> int | None:
-    """CPUs of the cgroup v2 quota ('max 100000' is none), rounded up."""
+    """CPUs of the cgroup's quota (v2 'max 100000' or v1 -1: none), rounded up."""
     try:
         quota, period = CGROUP_CPU_MAX.read_text().split()
+        limited = quota != "max"
     except (OSError, ValueError):
-        return None
-    return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+        try:
+            quota, period = CGROUP_V1_QUOTA.read_text(), CGROUP_V1_PERIOD.read_text()
+            limited = int(quota) > 0
+        except (OSError, ValueError):
+            return None
+    return max(1, math.ceil(int(quota) / int(period))) if limited else None
 
 
 def _slurm_cpus() -> int | None:
@@ -67,24 +82,30 @@ def _slurm_cpus() -> int | None:
         return None
 
 
-def pin_to_local_share() -> frozenset[int] | None:
-    """Pin this process to the CPU list the local launcher gave it (LOCAL_CPUS_ENV), within its
-    affinity mask; the CPUs pinned to, or None when no list was given."""
+def pin_to_local_share() -> bool:
+    """Pin this process to the CPU list the local launcher gave it (LOCAL_CPUS_ENV; the launcher
+    also pins the job's whole process tree with taskset where it can), within its affinity mask.
+    Whether it runs on that share now."""
     text = os.environ.get(LOCAL_CPUS_ENV)
-    if not text:
-        return None
-    share = parse_cpu_list(text) & os.sched_getaffinity(0)
-    if share:
-        os.sched_setaffinity(0, share)
-    return frozenset(os.sched_getaffinity(0))
+    mask = affinity()
+    if not text or mask is None:
+        return False
+    share = parse_cpu_list(text) & mask
+    if not share:
+        return False
+    os.sched_setaffinity(0, share)
+    return True
 
 
-def cpu_allocation() -> CpuAllocation:
-    """The job's CPUs: its affinity mask, capped by its cgroup quota and SLURM_CPUS_PER_TASK."""
-    share = pin_to_local_share()
-    ids = frozenset(os.sched_getaffinity(0))
-    source = "local launcher share" if share is not None else "affinity mask"
-    allocation = CpuAllocation(len(ids), ids, source)
+def cpu_allocation(pin: bool = True) -> CpuAllocation:
+    """The job's CPUs: its affinity mask (or the local launcher's share of it, pinned to when
+    `pin`), capped by its cgroup quota and SLURM_CPUS_PER_TASK."""
+    pinned = pin and pin_to_local_share()
+    ids = affinity()
+    count = len(ids) if ids is not None else os.cpu_count() or 1
+    allocation = CpuAllocation(count, ids, "local launcher share" if pinned else "affinity mask")
+    if ids is None:
+        allocation = CpuAllocation(count, None, "CPU count")
     for cpus, source in ((_cgroup_quota(), "cgroup CPU quota"), (_slurm_cpus(), "SLURM")):
         if cpus is not None and cpus < allocation.cpus:
             allocation = CpuAllocation(cpus, ids, source)
@@ -106,13 +127,15 @@ def _cpu_times() -> dict[int, tuple[int, int]]:
 
 def busy_cpus(ids: frozenset[int] | None, window_s: float = BUSY_WINDOW_S) -> float:
     """How many of the CPUs `ids` other processes kept busy over `window_s` seconds (this
-    process sleeps meanwhile); 0.0 where /proc/stat cannot tell."""
+    process sleeps meanwhile; what its own threads still ran, e.g. a previous job's spinning
+    OpenMP threads, is not counted); 0.0 where /proc/stat cannot tell."""
     if not ids:
         return 0.0
     try:
-        before = _cpu_times()
+        before, own_before, start = _cpu_times(), time.process_time(), time.perf_counter()
         time.sleep(window_s)
-        after = _cpu_times()
+        after, own = _cpu_times(), time.process_time() - own_before
+        elapsed = time.perf_counter() - start
     except (OSError, ValueError, IndexError):
         return 0.0
     busy = 0.0
@@ -120,4 +143,4 @@ def busy_cpus(ids: frozenset[int] | None, window_s: float = BUSY_WINDOW_S) -> fl
         total = after[cpu][1] - before[cpu][1]
         if total > 0:
             busy += (after[cpu][0] - before[cpu][0]) / total
-    return busy
+    return max(0.0, busy - own / elapsed)

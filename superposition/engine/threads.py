@@ -4,8 +4,8 @@ with other work when it starts, and one thread for training steps too small to s
 A training step of the fast trainer is hundreds of small operations. With more threads than free
 cores, every parallel region waits for a thread the kernel has descheduled: on a 2-core machine
 with one CPU-bound neighbour, 2 threads ran W1 of scripts/bench.py 3.7x slower than quiet, 1
-thread 1.3x (scripts/bench.py --contention). So torch's default (every core of the machine) is
-replaced by:
+thread 1.3x (an ad-hoc measurement; scripts/bench.py --contention --trainer-threads 2 repeats
+it). So torch's default (every core of the machine) is replaced by:
 
 - the job's allocation: the smallest of its affinity mask (what taskset, SLURM's task affinity
   and cgroup cpusets leave it), its cgroup CPU quota, SLURM_CPUS_PER_TASK, and the CPU list the
@@ -16,8 +16,10 @@ replaced by:
   second thread gained at most 1.14x on a quiet machine (identity 5->2 x 8 restarts: 1.00x; x 64
   restarts, 327 680 elements: 1.57x; abs 100->40 x 1: 1.13x) and costs up to 3x under load.
 
-The thread count never changes a result: torch's CPU kernels split work the same way whatever the
-count (tests/test_threads.py trains and evaluates a run with 1 and 2 threads, bit for bit).
+The thread count changed no result we tried: the reductions here split their work by outputs,
+not by thread (tests/test_threads.py trains and evaluates a run with 1 and 2 threads and compares
+the bits; a single sum of one number over many elements could split by thread, and none was
+seen to here).
 """
 
 from __future__ import annotations
