@@ -350,10 +350,10 @@ def print_waiting(sweep_dir: Path, name: str, submitted: list, at_once: int | No
 
 class LocalSweepLauncher(_SweepSubmitit, LocalLauncher):
     """Every job in its own process on this machine, at most as many at once as the machine has
-    CPUs for (hydra.launcher.max_parallel, 0: one per CPU of this process's affinity mask), each
-    pinned to its share of the CPUs (superposition.engine.threads reads it), so that the jobs of
-    a sweep do not fight for cores. The jobs are recorded in the manifest before the first one
-    starts; a job's submitit id is added once it has started."""
+    CPUs for (hydra.launcher.max_parallel, 0: one per CPU of this process's allocation, see
+    engine/cpus.py), each pinned to its share of the CPUs (engine/threads.py reads it), so that
+    the jobs of a sweep do not fight for cores. The jobs are recorded in the manifest before the
+    first one starts; a job's submitit id is added once it has started."""
 
     _NAME = "local"
 
